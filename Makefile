@@ -1,0 +1,34 @@
+# Thin targets. Every target installs what it needs first; stage targets pass Hydra overrides through ARGS:
+#   make demo ARGS="paths.output_dir=outputs/demo2"
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+ARGS   ?=
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-gpu lint toy-world
+
+help:  ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml scripts/install.sh
+	VENV=$(VENV) bash scripts/install.sh
+	@touch $@
+
+install: $(STAMP)  ## create .venv and install the project (CPU torch without CUDA)
+
+demo: $(STAMP)  ## run the whole pipeline on the toy world, outputs under outputs/demo/
+	$(PY) -m pipeline experiment=demo $(ARGS)
+
+toy-world: $(STAMP)  ## build only the toy world (data + tiny models)
+	$(PY) -m pipeline experiment=demo stages=[toy_world] $(ARGS)
+
+test: $(STAMP)  ## unit + integration tests on CPU (gpu-marked tests skip without CUDA)
+	$(PY) -m pytest -q $(ARGS)
+
+test-gpu: $(STAMP)  ## only the gpu-marked tests (run on a GPU machine)
+	$(PY) -m pytest -q -m gpu $(ARGS)
+
+lint: $(STAMP)  ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .

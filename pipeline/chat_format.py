@@ -1,0 +1,285 @@
+"""The one chat format: LLaVA-1.5's `v1` (vicuna) template and the `plain` pretraining template.
+
+Everything that turns a conversation into a prompt goes through this module: training builds `input_ids` and
+`labels` from it, and the same template ships as the processor's Jinja `chat_template`, which eval and serve use.
+`tests/test_chat_format.py` proves that the Python and the Jinja renderings are identical.
+
+Training never re-tokenizes a whole conversation and counts tokens to find the answers (LLaVA's count-based
+masking silently zeroes multi-turn samples with a fast tokenizer). Instead each segment of the rendering is
+tokenized on its own and the id lists are concatenated; a segment knows whether it is supervised. Segments are
+cut where the pre-tokenizer cuts anyway (before a space or at a special token), so the concatenation equals the
+tokenization of the whole rendered string for the project's tokenizers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+IGNORE_INDEX = -100
+IMAGE_TOKEN = "<image>"
+DEFAULT_SYSTEM = (
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
+)
+TEMPLATES = ("vicuna_v1", "plain")
+
+# LLaVA data says human/gpt; chat APIs say user/assistant.
+_ROLE_ALIASES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "system": "system",
+}
+
+
+class ChatFormatError(ValueError):
+    """A conversation that the template cannot render faithfully. The message names the record and the turn."""
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    supervised: bool
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str  # "system" | "user" | "assistant"
+    text: str  # "<image>" marks where an image goes (at most one slot per conversation in training)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+
+# ----------------------------------------------------------------------------------------------- messages
+
+
+def _content_text(content: Any, where: str) -> str:
+    """Flatten OpenAI/HF-style content (a string or a list of text/image parts) to text with `<image>` marks."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Sequence):
+        images, texts = 0, []
+        for part in content:
+            kind = part.get("type") if isinstance(part, Mapping) else None
+            if kind in ("image", "image_url"):
+                images += 1
+            elif kind == "text":
+                texts.append(str(part.get("text", "")))
+            else:
+                raise ChatFormatError(f"{where}: unknown content part {part!r}")
+        return IMAGE_TOKEN * images + "\n".join(texts)
+    raise ChatFormatError(
+        f"{where}: content must be a string or a list of parts, got {type(content).__name__}"
+    )
+
+
+def to_messages(turns: Sequence[Mapping[str, Any]], record_id: str = "?") -> list[Message]:
+    """Accept LLaVA turns (`from`/`value`) or chat messages (`role`/`content`) and return `Message`s."""
+    messages = []
+    for i, turn in enumerate(turns):
+        where = f"record {record_id!r}, turn {i}"
+        role = turn.get("from", turn.get("role"))
+        if role not in _ROLE_ALIASES:
+            raise ChatFormatError(
+                f"{where}: field 'from'/'role' is {role!r}; expected human/gpt/user/assistant/system"
+            )
+        text = turn["value"] if "value" in turn else _content_text(turn.get("content"), where)
+        if not isinstance(text, str):
+            raise ChatFormatError(f"{where}: field 'value' must be a string, got {type(text).__name__}")
+        messages.append(Message(_ROLE_ALIASES[role], text))
+    return messages
+
+
+def _image_first(text: str) -> str:
+    """LLaVA-1.5 always moves the image to the front of its turn: `<image>\\n` + the rest, stripped."""
+    n = text.count(IMAGE_TOKEN)
+    if n == 0:
+        return text
+    return IMAGE_TOKEN * n + "\n" + text.replace(IMAGE_TOKEN, "").strip()
+
+
+def _split_system(messages: Sequence[Message], system: str | None, where: str) -> tuple[str, list[Message]]:
+    rest = list(messages)
+    if rest and rest[0].role == "system":
+        system = rest.pop(0).text
+    if any(m.role == "system" for m in rest):
+        raise ChatFormatError(f"{where}: a system message may only come first")
+    return (DEFAULT_SYSTEM if system is None else system), rest
+
+
+def _check_turns(messages: Sequence[Message], where: str, forbidden: Sequence[str]) -> None:
+    for i, m in enumerate(messages):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m.role != expected:
+            raise ChatFormatError(
+                f"{where}, turn {i}: expected a {expected} turn, got {m.role} (turns must alternate)"
+            )
+        for marker in forbidden:
+            if marker and marker in m.text:
+                # A literal special token in a message would become a real EOS/BOS at inference, so the model
+                # would learn a conversation boundary that is not there. Refuse rather than mis-split.
+                raise ChatFormatError(f"{where}, turn {i}: message contains the template marker {marker!r}")
+        if m.role == "assistant" and IMAGE_TOKEN in m.text:
+            raise ChatFormatError(f"{where}, turn {i}: an assistant message contains {IMAGE_TOKEN!r}")
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+
+def segments(
+    turns: Sequence[Mapping[str, Any]] | Sequence[Message],
+    *,
+    template: str = "vicuna_v1",
+    system: str | None = None,
+    add_generation_prompt: bool = False,
+    bos_token: str = "<s>",
+    eos_token: str = "</s>",
+    record_id: str = "?",
+) -> list[Segment]:
+    """The rendering as an ordered list of segments; joining their texts gives the prompt string.
+
+    vicuna_v1: `<s>{system} USER: {q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT:` (an empty system is omitted,
+    `system=None` means the default). Only each answer and its `</s>` are supervised.
+    plain: `<s><image>{caption}\\n`, the human text is dropped and the caption plus newline is supervised (no EOS),
+    as in LLaVA's projector pretraining.
+    """
+    msgs = [t if isinstance(t, Message) else None for t in turns]
+    messages = msgs if all(msgs) else to_messages(turns, record_id)  # type: ignore[arg-type]
+    where = f"record {record_id!r}"
+    if template == "plain":
+        return _plain_segments(messages, where, bos_token)
+    if template != "vicuna_v1":
+        raise ChatFormatError(f"unknown template {template!r}; known: {', '.join(TEMPLATES)}")
+
+    system_text, dialogue = _split_system(messages, system, where)
+    _check_turns(dialogue, where, forbidden=(bos_token, eos_token))
+    if add_generation_prompt and dialogue and dialogue[-1].role != "user":
+        raise ChatFormatError(f"{where}: a generation prompt needs the last message to be from the user")
+
+    out = [Segment(bos_token, False)]
+    pending = system_text + " " if system_text else ""
+    for m in dialogue:
+        if m.role == "user":
+            pending += "USER: " + _image_first(m.text) + " "
+        else:
+            out.append(Segment(pending + "ASSISTANT:", False))
+            out.append(Segment(" " + m.text, True))
+            out.append(Segment(eos_token, True))
+            pending = ""
+    if add_generation_prompt:
+        pending += "ASSISTANT:"
+    if pending:
+        out.append(Segment(pending, False))
+    return out
+
+
+def _plain_segments(messages: Sequence[Message], where: str, bos_token: str) -> list[Segment]:
+    if len(messages) != 2 or messages[0].role != "user" or messages[1].role != "assistant":
+        raise ChatFormatError(f"{where}: the plain template needs exactly one human turn and one gpt turn")
+    if IMAGE_TOKEN not in messages[0].text:
+        raise ChatFormatError(f"{where}, turn 0: the plain template needs {IMAGE_TOKEN!r} in the human turn")
+    if IMAGE_TOKEN in messages[1].text:
+        raise ChatFormatError(f"{where}, turn 1: an assistant message contains {IMAGE_TOKEN!r}")
+    return [Segment(bos_token + IMAGE_TOKEN, False), Segment(messages[1].text + "\n", True)]
+
+
+def render(turns: Sequence[Mapping[str, Any]] | Sequence[Message], **kwargs: Any) -> str:
+    """The prompt string (what the Jinja `chat_template` renders for the same messages)."""
+    return "".join(s.text for s in segments(turns, **kwargs))
+
+
+# ----------------------------------------------------------------------------------------------- tokens
+
+
+def encode(
+    turns: Sequence[Mapping[str, Any]] | Sequence[Message],
+    tokenizer: Any,
+    *,
+    template: str = "vicuna_v1",
+    system: str | None = None,
+    record_id: str = "?",
+    image_token: str = IMAGE_TOKEN,
+) -> Encoded:
+    """`input_ids` and `labels` built segment by segment from token ids.
+
+    Each `<image>` stays one placeholder id (the model expands it to the vision tower's patch count).
+    Labels are IGNORE_INDEX everywhere except on supervised segments.
+    """
+    image_id = tokenizer.convert_tokens_to_ids(image_token)
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    specials = {bos: tokenizer.bos_token_id, eos: tokenizer.eos_token_id, image_token: image_id}
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for seg in segments(
+        turns, template=template, system=system, bos_token=bos, eos_token=eos, record_id=record_id
+    ):
+        ids = _tokenize_segment(seg.text, tokenizer, specials)
+        input_ids += ids
+        labels += ids if seg.supervised else [IGNORE_INDEX] * len(ids)
+    return Encoded(input_ids, labels)
+
+
+def _tokenize_segment(text: str, tokenizer: Any, specials: Mapping[str, int]) -> list[int]:
+    """Token ids of one segment; the template's own markers map to their ids, everything else is plain text."""
+    ids: list[int] = []
+    buf = text
+    while buf:
+        hits = [(buf.find(tok), tok) for tok in specials if tok and tok in buf]
+        if not hits:
+            ids += tokenizer.encode(buf, add_special_tokens=False)
+            break
+        pos, tok = min(hits)
+        if pos:
+            ids += tokenizer.encode(buf[:pos], add_special_tokens=False)
+        ids.append(specials[tok])
+        buf = buf[pos + len(tok) :]
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------- Jinja
+
+# The same vicuna_v1 rendering for `processor.apply_chat_template` (and vLLM / the server). Content may be a
+# string with `<image>` marks or a list of {"type": "image"} / {"type": "text"} parts; images go first.
+CHAT_TEMPLATE = (
+    "{%- set ns = namespace(system=" + repr(DEFAULT_SYSTEM) + ", start=0, text='', images=0) -%}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{%- if messages[0]['content'] is string -%}{%- set ns.system = messages[0]['content'] -%}"
+    "{%- else -%}{%- set ns.system = messages[0]['content'] | selectattr('type', 'equalto', 'text')"
+    " | map(attribute='text') | join('\\n') -%}{%- endif -%}"
+    "{%- set ns.start = 1 -%}"
+    "{%- endif -%}"
+    "{{- bos_token -}}"
+    "{%- if ns.system -%}{{- ns.system + ' ' -}}{%- endif -%}"
+    "{%- for message in messages[ns.start:] -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') -}}"
+    "{%- endif -%}"
+    "{%- if message['content'] is string -%}"
+    "{%- set ns.images = message['content'].count('<image>') -%}"
+    "{%- set ns.text = message['content'] -%}"
+    "{%- else -%}"
+    "{%- set ns.images = message['content'] | selectattr('type', 'in', ['image', 'image_url']) | list | length -%}"
+    "{%- set ns.text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text')"
+    " | join('\\n') -%}"
+    "{%- set ns.images = ns.images + ns.text.count('<image>') -%}"
+    "{%- endif -%}"
+    "{%- if bos_token in ns.text or eos_token in ns.text -%}"
+    "{{- raise_exception('A message contains the template marker ' + eos_token + ' or ' + bos_token) -}}"
+    "{%- endif -%}"
+    "{%- if ns.images > 0 -%}"
+    "{%- set ns.text = '<image>' * ns.images + '\\n' + ns.text.replace('<image>', '') | trim -%}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}{{- 'USER: ' + ns.text + ' ' -}}"
+    "{%- else -%}{{- 'ASSISTANT: ' + ns.text + eos_token -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- 'ASSISTANT:' -}}{%- endif -%}"
+)

@@ -1,0 +1,66 @@
+"""Shared fixtures. The toy world is built once per session (small sizes) and reused read-only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SMALL_PER_SOURCE = {
+    "llava_instruct": 6,
+    "sharegpt": 4,
+    "vqav2": 8,
+    "gqa": 6,
+    "okvqa": 4,
+    "ocr_vqa": 4,
+    "a_okvqa": 4,
+    "textcaps": 4,
+    "refcoco": 4,
+    "vg": 4,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def toy_world(tmp_path_factory) -> dict:
+    """The toy world stage's summary entry for a small world (data + tiny models)."""
+    from pipeline.toy_world.build import ToyWorldSpec, build_toy_world
+
+    out = tmp_path_factory.mktemp("world") / "toy_world"
+    spec = ToyWorldSpec(
+        seed=7, coco_images=12, pretrain_images=12, per_source=SMALL_PER_SOURCE, vocab_size=512
+    )
+    return build_toy_world(out, spec)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(toy_world):
+    from transformers import AutoTokenizer
+
+    from pipeline.model_builder import add_special_tokens
+
+    tok = AutoTokenizer.from_pretrained(toy_world["models"]["tokenizer"])
+    add_special_tokens(tok)
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(toy_world):
+    from pipeline.model_builder import ModelSpec, build_llava
+
+    spec = ModelSpec(vision_tower=toy_world["models"]["vision_tower"], llm=toy_world["models"]["llm"])
+    return build_llava(spec)
