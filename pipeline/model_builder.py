@@ -26,6 +26,7 @@ from transformers import (
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from pipeline.chat_format import CHAT_TEMPLATE, IMAGE_TOKEN
 
@@ -141,10 +142,14 @@ def build_llava(spec: ModelSpec) -> tuple[LlavaForConditionalGeneration, LlavaPr
         vision_feature=spec.vision_feature,
     )
     config = llava_config(vision.config, llm.config, tokenizer, spec)
-    model = LlavaForConditionalGeneration(config).to(dtype)
-    model.model.vision_tower.load_state_dict(vision.state_dict())
-    model.model.language_model.load_state_dict(llm.model.state_dict())
-    model.lm_head.load_state_dict(llm.lm_head.state_dict())
+    # The shell is built on the meta device and the loaded parts are put in as they are: a 13B model is never
+    # initialised twice or held twice in memory. Only the projector is new.
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower = vision
+    model.model.language_model = llm.model
+    model.lm_head = llm.lm_head
+    model.model.multi_modal_projector = LlavaMultiModalProjector(config).to(dtype)
     del vision, llm
     # New rows for <image>/<pad> (and the padding up to a multiple of 64) are sampled around the old rows' mean.
     model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=spec.pad_to_multiple_of)
