@@ -6,7 +6,7 @@ ARGS   ?=
 STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-gpu lint toy-world
+.PHONY: help install demo test test-gpu lint toy-world eval mix serve pretrain finetune datagen
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,24 @@ demo: $(STAMP)  ## run the whole pipeline on the toy world, outputs under output
 
 toy-world: $(STAMP)  ## build only the toy world (data + tiny models)
 	$(PY) -m pipeline experiment=demo stages=[toy_world] $(ARGS)
+
+datagen: $(STAMP)  ## COCO captions + boxes -> LLaVA-Instruct-style conversations from the teacher (stage datagen)
+	$(PY) -m pipeline stages=[datagen] $(ARGS)
+
+mix: $(STAMP)  ## the permissive mix + generated data, with manifest and data card (stage mix)
+	$(PY) -m pipeline stages=[mix] $(ARGS)
+
+serve: $(STAMP)  ## serve a checkpoint on an OpenAI-compatible API (default: the demo's finetuned model)
+	$(PY) -m serve experiment=demo $(ARGS)
+
+pretrain: $(STAMP)  ## projector pretraining through the deepspeed launcher (ZeRO-2; train.num_gpus processes)
+	$(PY) -m pipeline stages=[pretrain] $(ARGS)
+
+finetune: $(STAMP)  ## instruction tuning through the deepspeed launcher (ZeRO-3), writes an HF Llava dir
+	$(PY) -m pipeline stages=[finetune] $(ARGS)
+
+eval: $(STAMP)  ## the LLaVA-1.5 benchmarks on a checkpoint (eval.checkpoint=..., eval.benchmarks=[...])
+	$(PY) -m pipeline stages=[eval] $(ARGS)
 
 test: $(STAMP)  ## unit + integration tests on CPU (gpu-marked tests skip without CUDA)
 	$(PY) -m pytest -q $(ARGS)

@@ -9,6 +9,12 @@ from typing import Any
 
 STAGES: dict[str, str] = {
     "toy_world": "pipeline.toy_world.build:run",
+    "datagen": "data_gen.stage:run",
+    "mix": "data_gen.mix:run",
+    "pretrain": "train.launch:run_pretrain",
+    "finetune": "train.launch:run_finetune",
+    "eval": "eval.stage:run",
+    "serve": "serve.stage:run",
 }
 
 

@@ -1,1 +1,1 @@
-"""serve stage."""
+"""The built-in OpenAI-compatible endpoint for the trained checkpoint (`python -m serve`, stage `serve`)."""

@@ -12,6 +12,8 @@ from PIL import Image
 # backend name -> "module:class"; a backend's module is imported only when it is used (vLLM needs a GPU).
 BACKENDS = {
     "transformers": "pipeline.engines.transformers_engine:TransformersEngine",
+    "openai": "pipeline.engines.openai_engine:OpenAIEngine",
+    "vllm": "pipeline.engines.vllm_engine:VLLMEngine",
 }
 
 

@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Generator, Sequence
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoProcessor,
+    AutoTokenizer,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
 
 from pipeline.engines.base import Generation, Prompt, SamplingParams
 
@@ -78,12 +87,60 @@ class TransformersEngine:
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
-        out: list[Generation] = []
-        for start in range(0, len(prompts), self.batch_size):
-            out += self._generate_batch(prompts[start : start + self.batch_size], params)
-        return out
+        # A batch is encoded with one add_special_tokens choice, so prompts that already start with BOS and
+        # prompts that need one never share a batch (one group would get a double or a missing BOS).
+        bos = self.tokenizer.bos_token
+        groups: dict[bool, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(bool(bos) and self.render(p).startswith(bos), []).append(i)
+        out: list[Generation | None] = [None] * len(prompts)
+        for indexes in groups.values():
+            for start in range(0, len(indexes), self.batch_size):
+                chunk = indexes[start : start + self.batch_size]
+                for i, g in zip(chunk, self._generate_batch([prompts[i] for i in chunk], params)):
+                    out[i] = g
+        return out  # type: ignore[return-value]
 
-    def _generate_batch(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
+    def stream(self, prompt: Prompt, params: SamplingParams) -> Generator[str, None, Generation]:
+        """Yield text pieces as tokens are generated; the generator's return value is the final `Generation`.
+
+        Its text is authoritative (stop strings cut there); the pieces are the decoded tokens as they come.
+        Closing the generator early stops the generation at the next token.
+        """
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        cancel = threading.Event()
+        result: dict = {}
+
+        def work() -> None:
+            try:
+                with torch.no_grad():
+                    result["generation"] = self._generate_batch(
+                        [prompt], params, streamer=streamer, cancel=cancel
+                    )[0]
+            except BaseException as e:  # re-raised in the consumer's thread
+                result["error"] = e
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="engine-stream", daemon=True)
+        thread.start()
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:
+            cancel.set()
+            thread.join()
+        if "error" in result:
+            raise result["error"]
+        return result["generation"]
+
+    def _generate_batch(
+        self,
+        prompts: Sequence[Prompt],
+        params: SamplingParams,
+        streamer: TextIteratorStreamer | None = None,
+        cancel: threading.Event | None = None,
+    ) -> list[Generation]:
         texts = [self.render(p) for p in prompts]
         images = [img.convert("RGB") for p in prompts for img in p.images]
         if images and not self.multimodal:
@@ -104,6 +161,10 @@ class TransformersEngine:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+        if streamer is not None:
+            kwargs.update(streamer=streamer)
+        if cancel is not None:
+            kwargs.update(stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]))
         sequences = self.model.generate(**batch, **kwargs)
         prompt_len = batch["input_ids"].shape[1]
         results = []
@@ -127,3 +188,15 @@ class TransformersEngine:
                 )
             )
         return results
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops a generation whose consumer went away (a closed stream)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )

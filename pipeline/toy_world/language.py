@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pipeline.instructions import BRIEF_INSTRUCTIONS, DETAIL_INSTRUCTIONS
 from pipeline.toy_world.scenes import COLOURS, SHAPES, WORDS, Box, Scene, Shape
 
 QA = tuple[str, str]
@@ -25,35 +26,7 @@ TEXTCAPS_PROMPT = "Provide a one-sentence caption for the provided image."
 REGION_DESCRIPTION_PROMPT = "Please provide a short description for this region: "
 REGION_BOX_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: "
 
-# The paper's 11 "brief description" instructions, used as LCS-558K pretraining prompts.
-BRIEF_INSTRUCTIONS: tuple[str, ...] = (
-    "Describe the image concisely.",
-    "Provide a brief description of the given image.",
-    "Offer a succinct explanation of the picture presented.",
-    "Summarize the visual content of the image.",
-    "Give a short and clear explanation of the subsequent image.",
-    "Share a concise interpretation of the image provided.",
-    "Present a compact description of the photo's key features.",
-    "Relay a brief, clear account of the picture shown.",
-    "Render a clear and concise summary of the photo.",
-    "Write a terse but informative summary of the picture.",
-    "Create a compact narrative representing the image presented.",
-)
 brief_instructions = BRIEF_INSTRUCTIONS  # the name the pipeline's design notes use
-
-# The pool seen in the released detail_23k.json (reference §3.5), not the paper's 16.
-DETAIL_INSTRUCTIONS: tuple[str, ...] = (
-    "What do you see happening in this image?",
-    "What do you think is going on in this snapshot?",
-    "Can you elaborate on the elements of the picture provided?",
-    "Describe the following image.",
-    "Write a detailed description of the given image.",
-    "Explain the visual content of the image in great detail.",
-    "Analyze the image in a comprehensive and detailed manner.",
-    "Can you describe the main features of this image for me?",
-    "What are the key elements in this picture?",
-    "What is this photo about?",
-)
 
 COUNT_WORDS = ("no", "one", "two", "three", "four")
 FRUITS = {

@@ -1,0 +1,86 @@
+"""The mix's data card: the manifest in words, for the people who decide whether the data may be used."""
+
+from __future__ import annotations
+
+from typing import Any
+
+REASONS = {
+    "noncommercial": "source's license does not allow commercial use",
+    "invalid": "record failed schema validation",
+    "missing_image": "image file missing",
+    "undecodable_image": "image file does not decode",
+    "quota": "left out by the quotas / target total",
+}
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render_datacard(manifest: dict[str, Any]) -> str:
+    sources = manifest["sources"]
+    rows = [
+        [
+            f"`{name}`",
+            s["license"],
+            "yes" if s["commercial_use"] else "**no**",
+            f"{s['in_input']:,}",
+            f"{s['selected']:,}",
+        ]
+        for name, s in sources.items()
+    ]
+    excluded_rows = [
+        [REASONS.get(reason, reason), f"`{name}`", f"{n:,}"]
+        for reason, per_source in manifest["excluded"].items()
+        for name, n in per_source.items()
+        if n
+    ]
+    inputs = [
+        [f["role"], f"`{f['path']}`", f.get("records", ""), f"`{f['sha256']}`"] for f in manifest["inputs"]
+    ]
+    notes = [f"- `{name}`: {s['note']}" for name, s in sources.items() if s.get("note")]
+    images = manifest["images"]
+    out = manifest["output"]
+    parts = [
+        "# FireLLaVA instruction mix: data card",
+        "",
+        f"**{manifest['total']:,} records** in `{out['path']}` (LLaVA JSON list; sha256 `{out['sha256']}`).",
+        "",
+        "## Commercial use",
+        "",
+        manifest["commercial_use"]["statement"],
+        "",
+        "## Sources",
+        "",
+        "Records of the LLaVA-1.5 665K mix carry no source field; each was assigned exactly one source by the "
+        "rules of the source registry (`conf/mix/sources/`). Generated records come from the datagen stage.",
+        "",
+        _table(["source", "license", "commercial use", "in input", "selected"], rows),
+        "",
+        *(["License notes:", "", *notes, ""] if notes else []),
+        "## Excluded records",
+        "",
+        _table(["reason", "source", "records"], excluded_rows) if excluded_rows else "None.",
+        "",
+        "## Validation",
+        "",
+        "Every selected record has the LLaVA schema (`id`, `conversations` alternating human/gpt starting with "
+        "human, non-empty values), `<image>` exactly once in the first human turn of an image record and "
+        f"never in a text-only one, and its image file passed the `{images['check']}` check "
+        f"({images['distinct_images']:,} distinct images; digest `{images['digest']}`).",
+        "",
+        "## Inputs",
+        "",
+        _table(["role", "path", "records", "sha256"], inputs),
+        "",
+        "## Reproduce",
+        "",
+        f"Seed {manifest['seed']}, target total "
+        f"{manifest['target_total'] if manifest['target_total'] is not None else 'none (every permitted record)'}; "
+        "the full configuration is in "
+        '`manifest.json` under `config`. Run `make mix ARGS="..."` with the same overrides.',
+        "",
+    ]
+    return "\n".join(parts)

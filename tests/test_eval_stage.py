@@ -1,0 +1,108 @@
+"""The eval stage end to end on the tiny model: toy files of every benchmark, batched generation through the
+engine, the answer cache (resume, foreign model), a judge whose reviews fail to parse, and the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eval.answers import ForeignAnswersError
+from eval.benchmarks import BENCHMARKS, MissingAnswerError
+from eval.stage import EvalSpec, evaluate
+
+ENGINE = {
+    "backend": "transformers",
+    "device": "cpu",
+    "dtype": "float32",
+    "max_tokens": 99,
+    "temperature": 0.7,
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_llava, tmp_path_factory):
+    from pipeline.model_builder import save_llava
+
+    model, processor = tiny_llava
+    return save_llava(model, processor, tmp_path_factory.mktemp("eval") / "finetune")
+
+
+def spec(**kw) -> EvalSpec:
+    base = dict(
+        benchmarks=list(BENCHMARKS),
+        splits={"vqav2": "val", "vizwiz": "val"},
+        limit=2,
+        batch_size=4,
+        max_new_tokens=3,
+        toy=True,
+        toy_questions=8,
+        judge={"max_tokens": 3},
+    )
+    return EvalSpec(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def first_run(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evalrun") / "eval"
+    return out, evaluate(spec(), checkpoint, out, out / "data", dict(ENGINE))
+
+
+def test_stage_writes_report_and_scores(first_run):
+    out, summary = first_run
+    assert summary["dir"] == str(out.resolve())
+    assert set(BENCHMARKS) <= set(summary)
+    assert summary["generated"] == summary["questions"] > 0
+    results = json.loads((out / "results.json").read_text())
+    for name, r in results["benchmarks"].items():
+        assert r["questions"] >= 1, name
+        scale = BENCHMARKS[name].scale
+        assert r["score"] is None or 0 <= r["score"] <= scale, name
+        samples = (out / "samples" / f"{name}.jsonl").read_text().splitlines()
+        assert len(samples) == r["questions"]
+        assert {"question_id", "prompt", "answer", "truth"} <= set(json.loads(samples[0]))
+    # a 3-token judge cannot write a parsable review: every failure is counted, none is scored
+    assert results["benchmarks"]["llava_bench"]["judge_parse_failures"] == 2
+    assert results["benchmarks"]["llava_bench"]["score"] is None
+    assert results["benchmarks"]["mm_vet"]["judge_parse_failures"] == 2
+    table = (out / "results.md").read_text()
+    assert "| POPE |" in table and "85.9" in table and "1531.3" in table
+    assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "submissions" / "vqav2_val_submission.json").read_text())[0].keys() == {
+        "question_id",
+        "answer",
+    }
+    prompt = json.loads((out / "samples" / "vizwiz.jsonl").read_text().splitlines()[0])["prompt"]
+    assert prompt.endswith("respond with 'Unanswerable'.\nAnswer the question using a single word or phrase.")
+
+
+def test_rerun_uses_cache_and_resumes(first_run, checkpoint):
+    out, summary = first_run
+    again = evaluate(spec(), checkpoint, out, out / "data", dict(ENGINE))
+    assert again["generated"] == 0
+    assert {k: again[k] for k in BENCHMARKS} == {k: summary[k] for k in BENCHMARKS}
+    # an interrupted run: one answer lost and the last line torn mid-write
+    cache = out / "answers" / "finetune" / "gqa.jsonl"
+    lines = cache.read_text().splitlines()
+    cache.write_text(lines[0] + "\n" + lines[1][:25])
+    resumed = evaluate(spec(benchmarks=["gqa"]), checkpoint, out, out / "data", dict(ENGINE))
+    assert resumed["generated"] == 1
+
+
+def test_bad_inputs(first_run, checkpoint):
+    out, _ = first_run
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        spec(benchmarks=["pope", "vqa3"])
+    # answers written by another model are refused, not mixed in
+    cache = out / "answers" / "finetune" / "pope.jsonl"
+    original = cache.read_text()
+    first = json.loads(original.splitlines()[0])
+    cache.write_text(json.dumps({**first, "model_id": "other-model"}) + "\n" + original)
+    with pytest.raises(ForeignAnswersError, match="pope.jsonl:1.*other-model"):
+        evaluate(spec(benchmarks=["pope"]), checkpoint, out, out / "data", dict(ENGINE))
+    cache.write_text(original)
+    # scoring cached answers only: a question nobody answered is a clear error
+    with pytest.raises(MissingAnswerError, match="pope: no answer for 1 of 3"):
+        evaluate(
+            spec(benchmarks=["pope"], limit=3, generate=False), checkpoint, out, out / "data", dict(ENGINE)
+        )

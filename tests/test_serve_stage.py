@@ -1,0 +1,47 @@
+"""The `serve` stage at the end of `make demo`, and `python -m serve`'s refusal of a missing checkpoint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from pipeline.io import read_json
+from pipeline.stages import resolve
+from pipeline.summary import record_stage
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_serve_stage_answers_one_chat_request(tiny_llava, tmp_path, capsys):
+    from pipeline.model_builder import save_llava
+
+    model, processor = tiny_llava
+    checkpoint = save_llava(model, processor, tmp_path / "out" / "finetune")
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=["experiment=demo", f"paths.output_dir={tmp_path / 'out'}", "serve.demo.max_tokens=6"],
+        )
+    entry = resolve("serve")(cfg)
+    assert entry["model"] == str(checkpoint)
+    assert entry["answer"] and entry["answer"] in capsys.readouterr().out
+    assert entry["usage"]["prompt_tokens"] > model.config.image_seq_length
+    assert 0 < entry["usage"]["completion_tokens"] <= 6 and entry["latency_s"] > 0
+    assert read_json(tmp_path / "out" / "serve" / "demo_request.json") == entry
+    summary = record_stage(cfg.paths.summary, "serve", entry)
+    assert summary["serve"]["answer"] == entry["answer"]
+
+
+def test_cli_refuses_a_missing_checkpoint(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "serve", f"paths.output_dir={tmp_path}", f"serve.model={tmp_path}/none"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "no such checkpoint directory" in proc.stderr + proc.stdout

@@ -1,0 +1,76 @@
+"""Typed arguments of a training stage, and the batch arithmetic derived from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+STAGE_NAMES = ("pretrain", "finetune")
+PARAM_GROUPS = ("vision_tower", "projector", "llm")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of `conf/train/*.yaml` (`train.pretrain` or `train.finetune`)."""
+
+    data_json: str
+    image_folder: str
+    output_dir: str
+    template: str
+    image_aspect_ratio: str
+    trainable: list[str]
+    zero_stage: int
+    global_batch_size: int
+    per_device_batch_size: int
+    learning_rate: float
+    epochs: float
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_length: int = 2048
+    bf16: bool = False
+    tf32: bool = False
+    gradient_checkpointing: bool = False
+    flash_attention: bool = False
+    group_by_modality_length: bool = False
+    projector: str | None = None  # finetune: the pretrained projector weights to start from
+    system: str | None = None  # vicuna_v1 system prompt; None = LLaVA's default
+    save_steps: int = 50000
+    save_total_limit: int = 1
+    logging_steps: int = 1
+    dataloader_num_workers: int = 0
+    report_to: list[str] = field(default_factory=list)
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        unknown = [g for g in self.trainable if g not in PARAM_GROUPS]
+        if unknown or not self.trainable:
+            raise ValueError(f"trainable={self.trainable}; choose among {list(PARAM_GROUPS)}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage={self.zero_stage}; DeepSpeed ZeRO stages are 0-3")
+        if self.image_aspect_ratio not in ("pad", "square"):
+            raise ValueError(f"image_aspect_ratio={self.image_aspect_ratio!r}; supported: pad, square")
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    global_batch_size: int
+    per_device_batch_size: int
+    world_size: int
+    accumulation: int
+
+    def describe(self) -> str:
+        return (
+            f"global batch {self.global_batch_size} = per-device {self.per_device_batch_size} x accumulation "
+            f"{self.accumulation} x world size {self.world_size}"
+        )
+
+
+def batch_plan(global_batch_size: int, per_device_batch_size: int, world_size: int) -> BatchPlan:
+    """The config fixes the global batch; accumulation makes up what devices x per-device batch do not."""
+    per_step = per_device_batch_size * world_size
+    if global_batch_size % per_step:
+        raise ValueError(
+            f"global batch {global_batch_size} is not a multiple of per-device batch {per_device_batch_size} x "
+            f"world size {world_size} = {per_step}; change train.<stage>.per_device_batch_size or the GPU count"
+        )
+    return BatchPlan(global_batch_size, per_device_batch_size, world_size, global_batch_size // per_step)
