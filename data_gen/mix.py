@@ -177,15 +177,33 @@ def _read_mix(
     return reader
 
 
+def _generated_files(datagen_dir: Path, name: str) -> list[Path]:
+    """The datagen stage's file, or the same file from every shard of a multi-node run (`shard-i-of-n/`), which
+    must all be there: a mix of some shards would silently be smaller than planned."""
+    single = datagen_dir / name
+    if single.is_file():
+        return [single]
+    shards = sorted(d for d in datagen_dir.glob("shard-*-of-*") if d.is_dir())
+    if not shards:
+        raise FileNotFoundError(
+            f"{single}: generated records not found; run the datagen stage first "
+            "(or set mix.generated.files=[] to mix without generated data)"
+        )
+    counts = {d.name.rsplit("-of-", 1)[1] for d in shards}
+    if len(counts) != 1 or len(shards) != int(counts.pop()):
+        raise ValueError(
+            f"{datagen_dir}: shard directories {[d.name for d in shards]} are not one complete set; "
+            "finish the missing shards of the datagen stage first"
+        )
+    missing = [str(d / name) for d in shards if not (d / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"generated records not found in unfinished shard(s): {missing}")
+    return [d / name for d in shards]
+
+
 def _read_generated(gen: GeneratedSource, datagen_dir: Path, pool: _Pool) -> list[dict[str, Any]]:
     inputs = []
-    for name in gen.files:
-        path = datagen_dir / name
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{path}: generated records not found; run the datagen stage first "
-                "(or set mix.generated.files=[] to mix without generated data)"
-            )
+    for name, path in ((n, p) for n in gen.files for p in _generated_files(datagen_dir, n)):
         h = hashlib.sha256()
         count = 0
         for line, record, text in iter_jsonl(path, h):
@@ -197,7 +215,7 @@ def _read_generated(gen: GeneratedSource, datagen_dir: Path, pool: _Pool) -> lis
                         f"{path}: line {line} (id {rid!r}): field {key!r} is {got!r}, expected {expected!r} "
                         "(the provenance of generated records must match mix.generated)"
                     )
-            pool.add(gen.name, f"{path.name} line {line}", record, text, labelled=True)
+            pool.add(gen.name, f"{path.relative_to(datagen_dir)} line {line}", record, text, labelled=True)
             count += 1
         pool.seen[gen.name] += count
         inputs.append(

@@ -393,7 +393,10 @@ def chat_messages(req: ChatRequest, limits: Limits) -> tuple[list[dict[str, Any]
                 param=f"messages.{i}.content",
                 code="invalid_messages",
             )
-        content: Any = "\n".join(texts) if role in ("system", "assistant") else parts
+        # A message without an image is a plain string: text-only templates (the teacher's Llama-2 one) trim
+        # and concatenate `content` and would render a list of parts as its Python repr.
+        with_image = any(p["type"] == "image" for p in parts)
+        content: Any = parts if role == "user" and with_image else "\n".join(texts)
         out.append({"role": role, "content": content})
     if out[-1]["role"] != "user":
         raise APIError(

@@ -179,6 +179,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_records(reference, toy_world
         f"data_gen.seed={SEED}",
         "data_gen.chunk_size=2",
         f"engine.max_tokens={MAX_TOKENS}",
+        "engine.temperature=0.0",  # greedy, as the reference run (the demo samples)
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     parts = tmp_path / "datagen" / "parts"

@@ -285,6 +285,19 @@ def test_generated_provenance_must_match(out):
     assert "firellava_generated" not in summary["by_source"]
 
 
+def test_generated_records_of_every_datagen_shard(out):
+    """A multi-node datagen run leaves `shard-i-of-n/`; the mix reads them all, and only a complete set."""
+    shutil.rmtree(out / "datagen")
+    shards = [out / "datagen" / f"shard-{i:05d}-of-00002" for i in range(2)]
+    for shard in shards:
+        write_generated(shard, out / "toy_world" / "data")
+    summary = run(config(out))
+    assert summary["by_source"]["firellava_generated"] == 2 * GENERATED_PER_FILE * len(TYPES)
+    shutil.rmtree(shards[1])
+    with pytest.raises(ValueError, match="not one complete set"):
+        run(config(out, "mix.overwrite=true"))
+
+
 def test_cli_records_the_stage_in_summary(out):
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline", "stages=[mix]", f"paths.output_dir={out}", "mix.image_workers=1"],
