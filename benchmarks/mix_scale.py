@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# Published counts (reference §2.3) and a rough mean text length per record (bytes), so the file is ~1 GB.
+# Published counts and a rough mean text length per record (bytes), so the file is ~1 GB.
 COUNTS = {
     "llava_instruct": (157_712, 2000),
     "sharegpt": (40_688, 6000),

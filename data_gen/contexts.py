@@ -1,5 +1,5 @@
 """What the text-only teacher reads about an image: COCO's five captions and, for detail and reasoning, one
-`category: [x1, y1, x2, y2]` line per instance, normalized to [0, 1] by image size (reference §3.2)."""
+`category: [x1, y1, x2, y2]` line per instance, normalized to [0, 1] by image size."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pycocotools.coco import COCO
 log = logging.getLogger(__name__)
 
 TYPES: tuple[str, ...] = ("conversation", "detail", "complex_reasoning")
-# Conversation prompts get captions only, as LLaVA did (reference §3.2, issue #87).
+# Conversation prompts get captions only, as LLaVA did (LLaVA issue #87).
 USES_BOXES = {"conversation": False, "detail": True, "complex_reasoning": True}
 
 

@@ -1,6 +1,6 @@
 """What every record of the final mix must satisfy: the LLaVA schema, the image token where LLaVA's trainer
 expects it, and an image file that exists and decodes (LLaVA's `LazySupervisedDataset` crashes mid-epoch on a
-missing one, reference §2.4)."""
+missing one)."""
 
 from __future__ import annotations
 

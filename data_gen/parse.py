@@ -1,6 +1,6 @@
 """Teacher text -> LLaVA turns, or a reject reason. Every generation ends as exactly one of the two.
 
-The format is the few-shot one: `Question:` / `Answer:` blocks separated by `===` (reference §3.4); a detail
+The format is the few-shot one: `Question:` / `Answer:` blocks separated by `===`; a detail
 response is the bare paragraph, and its question comes from the description instructions.
 """
 
@@ -24,7 +24,7 @@ REJECT_REASONS: tuple[str, ...] = (
 )
 
 _PREFIX = {"human": "Question:", "gpt": "Answer:"}
-# Strings that would become real conversation boundaries or roles in the chat format (reference §1.4).
+# Strings that would become real conversation boundaries or roles in the chat format.
 _TEMPLATE_MARKERS = ("</s>", "<s>", "USER:", "ASSISTANT:", "[INST]", "[/INST]", "<<SYS>>", "<image>")
 # Answers must read as if the model saw the image: no trace of the captions, boxes or coordinates it was given.
 _SOURCE_LEAKS = re.compile(

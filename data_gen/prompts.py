@@ -1,5 +1,5 @@
 """The teacher's prompts: per type a system message and few-shot examples (context -> response), written by this
-project in LLaVA's `Question:` / `===` / `Answer:` format (reference §3.3).
+project in LLaVA's `Question:` / `===` / `Answer:` format.
 
 Chat messages are `[system, (user: context_k, assistant: response_k)..., user: context]`: everything before the
 last user message is identical for every request of a type, so it renders to a byte-identical prefix that

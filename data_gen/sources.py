@@ -1,6 +1,6 @@
 """The source registry and the classifier that gives every record of a mix665k-format file its source.
 
-LLaVA-1.5's mix carries no source field (reference §2.4). A source is recognized by the conditions its registry
+LLaVA-1.5's mix carries no source field. A source is recognized by the conditions its registry
 entry names, all of which must hold: text-only or not, image path prefixes, how the first human turn ends or
 begins (response-format and region prompts), and, where text cannot tell (VQAv2 vs OK-VQA, LLaVA-Instruct vs the
 rest of COCO), membership of (image, first question) in the source's own annotation files. Every rule is

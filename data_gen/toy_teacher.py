@@ -28,7 +28,7 @@ from pipeline.toy_world.tiny_models import TinySizes, build_llm
 
 log = logging.getLogger(__name__)
 
-# CodeLlama-Instruct / Llama-2-chat (reference B4): system merged into the first [INST], assistant turns
+# CodeLlama-Instruct / Llama-2-chat: system merged into the first [INST], assistant turns
 # ' ' + content + ' ' + eos, the prompt ends with [/INST].
 LLAMA2_CHAT_TEMPLATE = (
     "{%- if messages[0]['role'] == 'system' -%}"

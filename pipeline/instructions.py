@@ -15,7 +15,7 @@ BRIEF_INSTRUCTIONS: tuple[str, ...] = (
     "Create a compact narrative representing the image presented.",
 )
 
-# The pool seen in the released detail_23k.json (reference §3.5), not the paper's 16.
+# The pool seen in the released detail_23k.json, not the paper's 16.
 DETAIL_INSTRUCTIONS: tuple[str, ...] = (
     "What do you see happening in this image?",
     "What do you think is going on in this snapshot?",

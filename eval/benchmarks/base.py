@@ -53,7 +53,7 @@ class Benchmark:
     name: ClassVar[str]
     title: ClassVar[str]  # column label in the report
     metric: ClassVar[str]  # what the headline score is
-    published: ClassVar[float | None]  # LLaVA-1.5-13B, paper Table 4 (reference §4)
+    published: ClassVar[float | None]  # LLaVA-1.5-13B, paper Table 4
     scale: ClassVar[float] = 100.0  # the headline score's maximum
     dirname: ClassVar[str]  # folder under the eval data root (LLaVA's playground/data/eval layout)
     splits: ClassVar[tuple[str, ...]]

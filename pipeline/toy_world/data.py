@@ -2,7 +2,7 @@
 
 The layout mirrors LLaVA's `playground/data`, so the relative image paths inside the JSON files are the real
 ones and the pipeline reads toy and production data through the same code. The mix carries all ten sources of
-LLaVA-1.5's mix with their real markers (reference §2.3-2.4) and, like the real file, no source field: the mix
+LLaVA-1.5's mix with their real markers and, like the real file, no source field: the mix
 stage has to recognize them the way it must in production.
 
 Each component draws from its own random stream derived from the seed, so changing one source's count leaves

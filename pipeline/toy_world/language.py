@@ -19,7 +19,7 @@ from pipeline.toy_world.scenes import COLOURS, SHAPES, WORDS, Box, Scene, Shape
 QA = tuple[str, str]
 QAGenerator = Callable[[Scene, random.Random], "QA | None"]
 
-# Response-format prompts of LLaVA-1.5's mix (reference §2.3); the mix stage recognizes sources by them.
+# Response-format prompts of LLaVA-1.5's mix; the mix stage recognizes sources by them.
 SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
 OPTION_LETTER_PROMPT = "Answer with the option's letter from the given choices directly."
 TEXTCAPS_PROMPT = "Provide a one-sentence caption for the provided image."
