@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from data_gen.mix_card import render_datacard
-from data_gen.mix_io import JsonListReader, iter_jsonl
+from data_gen.mix_io import JsonListReader
 from data_gen.mix_plan import draw, plan_counts, shuffle
 from data_gen.mix_validate import MISSING, OK, UNDECODABLE, check_images, images_digest, record_error
 from data_gen.sources import Classifier, SourceSpec, load_registry
-from pipeline.io import atomic_path, staged_dir, write_json
+from pipeline.io import atomic_path, iter_jsonl, staged_dir, write_json
 
 log = logging.getLogger(__name__)
 

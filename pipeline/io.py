@@ -76,3 +76,26 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def iter_jsonl(path: str | Path, hasher: Any = None) -> Iterator[tuple[int, Any, str]]:
+    """(line number, record, its JSON text) for each non-blank line; `hasher.update` sees every byte read."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if hasher is not None:
+                hasher.update(raw)
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8").strip()
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"{path}: invalid JSON at line {number}, column {e.colno}: {e.msg}"
+                ) from None
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: line {number} is not UTF-8 ({e.reason})") from None
+            yield number, value, text

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,18 +20,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.io import atomic_path, read_json
+from pipeline.net import free_port
 from train.config import stage_spec
 from train.export import RESULT_FILE
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = ("dir", "steps", "final_loss", "samples_per_s", "first_loss", "train_seconds", "batch", "data")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launcher_command(cfg: DictConfig, config_dir: Path, port: int) -> list[str]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from PIL import Image
+
+from pipeline.io import iter_jsonl, read_json
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 OPTION_LETTER = "Answer with the option's letter from the given choices directly."
@@ -96,20 +97,17 @@ class Benchmark:
 
 def read_json_file(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise BenchmarkDataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+        return read_json(path)
+    except ValueError as e:  # the message names the file, line and column
+        raise BenchmarkDataError(str(e)) from e
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BenchmarkDataError(f"{path}:{lineno}: invalid JSON: {e.msg}") from e
+    try:
+        for lineno, record, _ in iter_jsonl(path):
+            yield lineno, record
+    except ValueError as e:  # a corrupt line; the message names the file, line and column
+        raise BenchmarkDataError(str(e)) from None
 
 
 def field_of(record: Mapping[str, Any], key: str, where: str) -> Any:
