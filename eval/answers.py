@@ -3,6 +3,10 @@
 The cache is LLaVA's answer jsonl (`question_id, prompt, text, answer_id, model_id, metadata`), appended batch by
 batch, so an interrupted run loses at most one batch and a rerun only generates what is missing. Every line names
 the model that wrote it; a file from another model is refused rather than mixed in.
+
+The judge's reviews are cached beside the answers (`reviews/<benchmark>.jsonl`), keyed by a hash of the
+judge model, its token budget and the exact judge prompt: a rerun asks the judge only for reviews it lacks,
+and a changed judge or prompt gets new reviews instead of stale ones.
 """
 
 from __future__ import annotations
@@ -14,10 +18,11 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from eval.benchmarks.base import Question
 from pipeline.engines import Engine, Prompt, SamplingParams
+from pipeline.io import atomic_path
 
 log = logging.getLogger(__name__)
 _FULL_HASH_LIMIT = 2 << 30  # weights under 2 GiB are hashed whole; larger ones by size and first/last MiB
@@ -52,15 +57,21 @@ def model_fingerprint(checkpoint: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-class AnswerCache:
-    """One benchmark's answers by one model: `<dir>/<benchmark>.jsonl`; the last line per question wins."""
+class JsonlCache:
+    """Records in a jsonl file, one per `key_field`; the last line per key wins, and a torn last line (a run
+    killed mid-write) is dropped."""
 
-    def __init__(self, path: str | Path, model_id: str) -> None:
+    key_field: ClassVar[str]
+    required: ClassVar[tuple[str, ...]]
+
+    def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.model_id = model_id
         self.records: dict[str, dict[str, Any]] = {}
         if self.path.exists():
             self._read()
+
+    def check(self, record: dict[str, Any], where: str) -> None:
+        """Refuse a record that does not belong in this cache (the message starts with `where`)."""
 
     def _read(self) -> None:
         lines = self.path.read_text(encoding="utf-8").split("\n")
@@ -70,20 +81,34 @@ class AnswerCache:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                if lineno == len(lines):  # a run killed mid-write leaves at most one torn last line
+                if lineno == len(lines):
                     log.warning("%s:%d: dropping a truncated last line (interrupted run)", self.path, lineno)
                     continue
                 raise ValueError(f"{self.path}:{lineno}: invalid JSON: {e.msg}") from e
-            for key in ("question_id", "text", "model_id"):
+            for key in self.required:
                 if key not in rec:
                     raise ValueError(f"{self.path}:{lineno}: missing field {key!r}")
-            if rec["model_id"] != self.model_id:
-                raise ForeignAnswersError(
-                    f"{self.path}:{lineno}: answer to question {rec['question_id']!r} was written by model "
-                    f"{rec['model_id']!r}, but this run evaluates {self.model_id!r}; point eval.output at "
-                    "another directory or delete the file"
-                )
-            self.records[str(rec["question_id"])] = rec
+            self.check(rec, f"{self.path}:{lineno}")
+            self.records[str(rec[self.key_field])] = rec
+
+
+class AnswerCache(JsonlCache):
+    """One benchmark's answers by one model: `<dir>/<benchmark>.jsonl`."""
+
+    key_field = "question_id"
+    required = ("question_id", "text", "model_id")
+
+    def __init__(self, path: str | Path, model_id: str) -> None:
+        self.model_id = model_id
+        super().__init__(path)
+
+    def check(self, record: dict[str, Any], where: str) -> None:
+        if record["model_id"] != self.model_id:
+            raise ForeignAnswersError(
+                f"{where}: answer to question {record['question_id']!r} was written by model "
+                f"{record['model_id']!r}, but this run evaluates {self.model_id!r}; point eval.output at "
+                "another directory or delete the file"
+            )
 
     def fresh(self, question: Question, max_new_tokens: int) -> bool:
         """Answered for exactly this prompt and token budget (an edited prompt is asked again)."""
@@ -104,6 +129,24 @@ class AnswerCache:
 
     def answers(self) -> dict[str, str]:
         return {qid: rec["text"] for qid, rec in self.records.items()}
+
+
+class ReviewCache(JsonlCache):
+    """One benchmark's judge reviews: `{key, judge, review, finish_reason}` per line (`key`: `review_key` in
+    eval/judge.py). Reviews by any number of judges share the file, told apart by the key. Each batch rewrites
+    the file under a temporary name, so the file on disk is always complete."""
+
+    key_field = "key"
+    required = ("key", "judge", "review")
+
+    def put(self, records: Sequence[dict[str, Any]]) -> None:
+        for r in records:
+            self.records[str(r["key"])] = r
+        with atomic_path(self.path) as tmp:
+            tmp.write_text(
+                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records.values()),
+                encoding="utf-8",
+            )
 
 
 def to_prompt(question: Question) -> Prompt:

@@ -16,9 +16,9 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from eval.answers import AnswerCache, generate_missing, model_fingerprint
+from eval.answers import AnswerCache, ReviewCache, generate_missing, model_fingerprint
 from eval.benchmarks import BENCHMARKS, Benchmark, Question, get_benchmark
-from eval.judge import Judge
+from eval.judge import Judge, LazyEngine
 from eval.report import log_wandb, write_report
 from eval.toy import write_toy_benchmarks
 from pipeline.engines import Engine, build_engine
@@ -35,7 +35,9 @@ _ENGINE_SAMPLING_KEYS = (
 
 @dataclass(frozen=True)
 class JudgeSpec:
-    """The judge model for LLaVA-Bench and MM-Vet. `model: null` lets the evaluated checkpoint judge (toy)."""
+    """The judge model for LLaVA-Bench and MM-Vet, and for MMBench's option matching where the rules find no
+    letter. `model: null` lets the evaluated checkpoint judge LLaVA-Bench and MM-Vet (toy); MMBench then has no
+    judge fallback."""
 
     model: str | None = None
     backend: str = "transformers"
@@ -114,33 +116,48 @@ def evaluate(
     backend = engine_options.get("backend", "transformers")
     engine_options = {k: v for k, v in engine_options.items() if k not in _ENGINE_SAMPLING_KEYS}
     engine_options["batch_size"] = spec.batch_size
-    engine: Engine | None = None
+    # the evaluated model, loaded on first need: a rerun with every answer and review cached never loads it
+    built: list[Engine] = []
+
+    def model_engine() -> Engine:
+        if not built:
+            built.append(build_engine(backend, model=str(checkpoint), model_name=model_id, **engine_options))
+        return built[0]
+
     generated = 0
     if spec.generate:
         for b in benches:
             todo = [q for q in loaded[b.name] if not caches[b.name].fresh(q, spec.tokens_for(b))]
-            if todo and engine is None:
-                engine = build_engine(backend, model=str(checkpoint), model_name=model_id, **engine_options)
             if todo:
                 generated += generate_missing(
-                    engine, b.name, loaded[b.name], caches[b.name], batch_size=spec.batch_size,
+                    model_engine(), b.name, loaded[b.name], caches[b.name], batch_size=spec.batch_size,
                     max_new_tokens=spec.tokens_for(b),
                 )  # fmt: skip
 
     judge = None
-    if any(b.judged for b in benches):
+    judged = [b for b in benches if b.judged or (b.judge_fallback and spec.judge.model is not None)]
+    if judged:
         if spec.judge.model is None:
-            if engine is None:
-                engine = build_engine(backend, model=str(checkpoint), model_name=model_id, **engine_options)
-            judge = Judge(engine, spec.judge.max_tokens)
+            judge_engine = LazyEngine(model_id, model_engine)
         else:
-            judge_engine = build_engine(spec.judge.backend, model=spec.judge.model, **spec.judge.options)
-            judge = Judge(judge_engine, spec.judge.max_tokens)
+            # the name keys the cached reviews, so it is passed to the engine rather than left to the backend
+            js, name = spec.judge, spec.judge.options.get("model_name") or spec.judge.model
+            judge_engine = LazyEngine(
+                name, lambda: build_engine(js.backend, model=js.model, **{**js.options, "model_name": name})
+            )
+        judge = Judge(judge_engine, spec.judge.max_tokens)
 
     results: dict[str, dict[str, Any]] = {}
+    judge_generated = 0
     for b in benches:
         questions, cache = loaded[b.name], caches[b.name]
-        metrics = b.score(questions, cache.answers(), judge if b.judged else None)
+        bench_judge = None
+        if judge is not None and b in judged:
+            bench_judge = judge.with_cache(
+                ReviewCache(out_dir / "answers" / model_name / "reviews" / f"{b.name}.jsonl")
+            )
+        metrics = b.score(questions, cache.answers(), bench_judge)
+        judge_generated += bench_judge.generated if bench_judge else 0
         reviews = metrics.pop("reviews", {})
         submission = b.submission(questions, cache.answers(), out_dir / "submissions")
         with atomic_path(out_dir / "samples" / f"{b.name}.jsonl") as tmp:
@@ -174,6 +191,7 @@ def evaluate(
         **{name: r["score"] for name, r in results.items()},
         "questions": sum(r["questions"] for r in results.values()),
         "generated": generated,
+        "judge_generated": judge_generated,
         "seconds": round(time.perf_counter() - start, 1),
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from eval.benchmarks import Question, get_benchmark
+from eval.benchmarks.base import OPTION_LETTER
 from eval.benchmarks.choice import (
     CIRCULAR_STRIDE,
     MMBench,
@@ -180,3 +181,110 @@ def test_missing_answer_and_unknown_benchmark(tmp_path):
         get_benchmark("gqa", tmp_path).score([q(1, answer="a"), q(2, answer="b")], {"1": "a"})
     with pytest.raises(ValueError, match="unknown benchmark 'vqa3'"):
         get_benchmark("vqa3", tmp_path)
+
+
+class ScriptedJudgeEngine:
+    """An engine that answers every judge prompt with `reply(user_content)` and counts the prompts it got."""
+
+    def __init__(self, model_name, reply):
+        self.model_name, self.reply, self.prompts, self.seen = model_name, reply, 0, []
+
+    def generate(self, prompts, params):
+        from pipeline.engines import Generation
+
+        self.prompts += len(prompts)
+        self.seen += [p.messages[-1]["content"] for p in prompts]
+        return [Generation(self.reply(c), 10, 1, "stop") for c in self.seen[-len(prompts) :]]
+
+
+def mmbench_case():
+    """Question 1 in two rotations (cat/dog, then dog/cat; the answer is dog both times); question 2 once."""
+
+    def row(index, options, answer):
+        listed = "\n".join(f"{k}. {v}" for k, v in options.items())
+        meta = {"index": index, "options": options, "answer": answer, "category": "c"}
+        return Question(str(index), f"Which pet barks?\n{listed}\n{OPTION_LETTER}", None, meta)
+
+    questions = [
+        row(1, {"A": "cat", "B": "dog"}, "B"),
+        row(CIRCULAR_STRIDE + 1, {"A": "dog", "B": "cat"}, "A"),
+        row(2, {"A": "cat", "B": "dog"}, "A"),
+    ]
+    # no letter and no option's text in the first answer: only a judge can map it
+    answers = {"1": "The one that woofs.", str(CIRCULAR_STRIDE + 1): "A", "2": "A"}
+    return questions, answers
+
+
+def woof_judge(name):
+    # maps "woofs" to the dog option, wherever the rotation put it; anything else matches no option
+    def reply(content):
+        if "woofs" not in content:
+            return "Z"
+        return "A" if "A. dog" in content else "B"
+
+    return ScriptedJudgeEngine(name, reply)
+
+
+def test_mmbench_judge_maps_an_answer_without_letter(tmp_path):
+    from eval.judge import Judge
+
+    questions, answers = mmbench_case()
+    bench = MMBench(tmp_path)
+    # no judge: the letterless answer is wrong, so question 1 fails its circular group, and it is reported
+    plain = bench.score(questions, answers)
+    assert (plain["score"], plain["unextracted"], plain["judge"], plain["judge_mapped"]) == (50.0, 1, None, 0)
+    # a judge maps it to B (dog) and CircularEval counts the mapped letter: both questions right
+    engine = woof_judge("judge-a")
+    judged = bench.score(questions, answers, Judge(engine))
+    assert (judged["score"], judged["unextracted"], judged["judge_mapped"]) == (100.0, 1, 1)
+    assert judged["judge"] == "judge-a" and engine.prompts == 1
+    assert judged["reviews"]["1"] == {"review": "B", "option": "B"}
+    # the judge saw the question with its options and the answer, not the letter instruction
+    assert "Which pet barks?\nA. cat\nB. dog" in engine.seen[0] and "The one that woofs." in engine.seen[0]
+    assert OPTION_LETTER not in engine.seen[0]
+    # a judge reply naming no option (Z) leaves the answer wrong
+    refusing = bench.score(questions, answers, Judge(ScriptedJudgeEngine("judge-z", lambda c: "Z")))
+    assert (refusing["score"], refusing["judge_asked"], refusing["judge_mapped"]) == (50.0, 1, 0)
+    # a group already lost by a rule-extracted letter is not sent to the judge
+    lost = {**answers, str(CIRCULAR_STRIDE + 1): "B"}
+    skipped = woof_judge("judge-a")
+    assert bench.score(questions, lost, Judge(skipped))["judge_asked"] == 0 and skipped.prompts == 0
+
+
+def test_judge_reviews_are_cached_per_judge_and_prompt(tmp_path):
+    from eval.answers import ReviewCache
+    from eval.benchmarks.judged import LLaVABench
+    from eval.judge import Judge
+
+    path = tmp_path / "reviews" / "mmbench.jsonl"
+    questions, answers = mmbench_case()
+    first = woof_judge("judge-a")
+    assert (
+        MMBench(tmp_path).score(questions, answers, Judge(first, cache=ReviewCache(path)))["score"] == 100.0
+    )
+    assert first.prompts == 1 and path.exists()
+    # a rerun (a new process: a fresh cache object reading the file) asks the judge nothing
+    again = woof_judge("judge-a")
+    out = MMBench(tmp_path).score(questions, answers, Judge(again, cache=ReviewCache(path)))
+    assert again.prompts == 0 and out["score"] == 100.0 and out["judge_mapped"] == 1
+    # another judge model is asked afresh, and both judges' reviews stay in the file
+    other = woof_judge("judge-b")
+    MMBench(tmp_path).score(questions, answers, Judge(other, cache=ReviewCache(path)))
+    assert other.prompts == 1 and len(ReviewCache(path).records) == 2
+
+    # LLaVA-Bench through the same machinery: an edited answer (a changed prompt) is reviewed again
+    bench_q = [
+        Question(str(i), f"q{i}", None, {"category": "conv", "caption": "c", "reference": "ref"})
+        for i in range(3)
+    ]
+    bench_a = {str(i): f"answer {i}" for i in range(3)}
+    cache_path = tmp_path / "reviews" / "llava_bench.jsonl"
+    judge = ScriptedJudgeEngine("judge-a", lambda c: "8 6\nfine")
+    out = LLaVABench(tmp_path).score(bench_q, bench_a, Judge(judge, cache=ReviewCache(cache_path)))
+    assert out["score"] == 75.0 and judge.prompts == 3
+    rerun = ScriptedJudgeEngine("judge-a", lambda c: "1 1")
+    out = LLaVABench(tmp_path).score(
+        bench_q, {**bench_a, "2": "edited"}, Judge(rerun, cache=ReviewCache(cache_path))
+    )
+    assert rerun.prompts == 1  # only the edited one; the two cached reviews (8 6) are reused
+    assert out["per_category"]["conv"] == pytest.approx(100 * (6 + 6 + 1) / (8 + 8 + 1), abs=0.01)

@@ -81,12 +81,37 @@ def test_rerun_uses_cache_and_resumes(first_run, checkpoint):
     again = evaluate(spec(), checkpoint, out, out / "data", dict(ENGINE))
     assert again["generated"] == 0
     assert {k: again[k] for k in BENCHMARKS} == {k: summary[k] for k in BENCHMARKS}
+    # the judge's reviews are cached too: LLaVA-Bench and MM-Vet, 2 each (MMBench has no judge model set)
+    assert (summary["judge_generated"], again["judge_generated"]) == (4, 0)
+    reviews = out / "answers" / "finetune" / "reviews"
+    assert sorted(p.name for p in reviews.iterdir()) == ["llava_bench.jsonl", "mm_vet.jsonl"]
     # an interrupted run: one answer lost and the last line torn mid-write
     cache = out / "answers" / "finetune" / "gqa.jsonl"
     lines = cache.read_text().splitlines()
     cache.write_text(lines[0] + "\n" + lines[1][:25])
     resumed = evaluate(spec(benchmarks=["gqa"]), checkpoint, out, out / "data", dict(ENGINE))
     assert resumed["generated"] == 1
+
+
+def test_named_judge_maps_mmbench_answers_once(first_run, checkpoint):
+    out, _ = first_run
+    # cached answers without a letter or an option's text (the prompts are unchanged, so none is regenerated)
+    cache = out / "answers" / "finetune" / "mmbench.jsonl"
+    original = cache.read_text()
+    letterless = [{**json.loads(line), "text": "???"} for line in original.splitlines()]
+    cache.write_text("".join(json.dumps(r) + "\n" for r in letterless))
+    options = {"model_name": "toy-judge", "device": "cpu", "dtype": "float32"}
+    named = spec(
+        benchmarks=["mmbench"], judge={"model": str(checkpoint), "max_tokens": 3, "options": options}
+    )
+    first = evaluate(named, checkpoint, out, out / "data", dict(ENGINE))
+    result = json.loads((out / "results.json").read_text())["benchmarks"]["mmbench"]
+    assert result["judge"] == "toy-judge"
+    # every letterless answer goes to the judge, once; a rerun finds the reviews cached
+    assert first["generated"] == 0
+    assert result["unextracted"] == result["judge_asked"] == first["judge_generated"] == 2
+    assert evaluate(named, checkpoint, out, out / "data", dict(ENGINE))["judge_generated"] == 0
+    cache.write_text(original)
 
 
 def test_bad_inputs(first_run, checkpoint):

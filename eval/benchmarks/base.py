@@ -61,6 +61,7 @@ class Benchmark:
     server_splits: ClassVar[tuple[str, ...]] = ()  # splits whose ground truth only the server has
     max_new_tokens: ClassVar[int] = 128  # LLaVA: model_vqa_loader 128; model_vqa/_mmbench/_science 1024
     judged: ClassVar[bool] = False
+    judge_fallback: ClassVar[bool] = False  # asks a configured judge only where its rules fail
 
     def __init__(self, root: str | Path, split: str | None = None) -> None:
         self.root = Path(root) / self.dirname

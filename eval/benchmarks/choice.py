@@ -23,6 +23,7 @@ from eval.benchmarks.base import (
     require_answers,
 )
 from eval.benchmarks.vqa import llava_question_file
+from eval.judge import Judge
 
 LETTERS = "ABCDE"
 CIRCULAR_STRIDE = 1_000_000  # MMBench stores circular variants as rows with index k * 1e6 + original index
@@ -60,13 +61,40 @@ def extract_option(answer: str, choices: Mapping[str, str]) -> str | None:
     return can_infer_option(answer, choices) or can_infer_text(answer, choices)
 
 
+OPTION_JUDGE_SYSTEM = "You match a free-form answer to a multiple-choice question with the option it chose."
+OPTION_JUDGE_RULE = (
+    "Above are a multiple-choice question with its options, and an answer someone gave to it in their own "
+    "words. Decide which one option the answer means. If the answer matches none of the options, or could mean "
+    "more than one of them, the choice is Z.\nReply with a single uppercase letter: {letters} or Z. Write "
+    "nothing else.\n\n"
+    'Example: options A. a dog, B. a cat, C. a bird; answer: "It is a small kitten sitting on a sofa." -> B\n'
+    'Example: options A. red, B. blue; answer: "I cannot tell the colour." -> Z'
+)
+
+
+def option_judge_prompt(question: str, options: Mapping[str, str], answer: str) -> str:
+    """The judge's user turn: the question with its options (as the model saw them), the answer, the rule."""
+    rule = OPTION_JUDGE_RULE.format(letters=", ".join(options))
+    return f"[Question]\n{question}\n\n[Answer]\n{answer}\n\n[Task]\n{rule}"
+
+
 class MMBench(Benchmark):
     """MMBench dev (en), LLaVA's `model_vqa_mmbench.py --single-pred-prompt` prompt (hint, question, options
     stopping at the first empty one, letter instruction); lmms-eval's wording differs. Scored with
-    CircularEval: a question is right only if every circular variant is. The option is extracted with
-    VLMEvalKit's `can_infer_option` then `can_infer_text`; where both fail the answer counts as wrong and is
-    counted (`unextracted`) instead of asking a GPT judge and then picking at random, as the official tool
-    does. The test split writes the xlsx that the OpenCompass server takes."""
+    CircularEval: a question is right only if every circular variant is. The test split writes the xlsx that the
+    OpenCompass server takes.
+
+    Option extraction. The reference (OpenCompass / VLMEvalKit, which scored LLaVA-1.5's numbers) tries
+    `can_infer_option` (one standalone letter) and `can_infer_text` (exactly one option's text in the answer);
+    where both fail it asks gpt-3.5-turbo-0613 to match the answer to an option (up to three tries), and where
+    that fails too it picks an option at random (seed 2680). It asks the judge only for the variants of a
+    question that no rule-extracted variant has already failed. Here the same two rules run first; their misses
+    (`unextracted`) go, for the still-undecided questions, to `eval.judge` when a judge model is set
+    (`eval.judge.model`; with none set, the checkpoint that judges LLaVA-Bench does not map its own answers),
+    with the project's own prompt. The judge runs greedily once per answer (a retry would repeat it), its reply
+    is read with the same two rules, and the mapped letter is what CircularEval scores (`judge_asked`,
+    `judge_mapped` count them). There is no random pick: an answer the judge maps to no option (Z), or any
+    unextracted answer when no judge is set, counts as wrong, and `unextracted` shows how many there were."""
 
     name, title, metric, published = "mmbench", "MMBench", "CircularEval accuracy", 67.7
     dirname = "mmbench"
@@ -75,6 +103,7 @@ class MMBench(Benchmark):
     max_new_tokens = 1024
     files = {"dev": "mmbench_dev_20230712.tsv", "test": "mmbench_test_en_20231003.tsv"}
     instruction = OPTION_LETTER
+    judge_fallback = True
     drop_columns = ("hint", "category", "source", "image", "comment", "l2-category")
 
     def rows(self) -> tuple[Path, list[dict[str, str]]]:
@@ -114,18 +143,35 @@ class MMBench(Benchmark):
             out.append(Question(str(index), f"{question}\n{self.instruction}", image, meta))
         return out
 
-    def score(self, questions, answers, judge=None) -> dict[str, Any]:
+    def score(self, questions, answers, judge: Judge | None = None) -> dict[str, Any]:
         require_answers(self.name, questions, answers)
         if not self.offline:
             return {"score": None, "server": "OpenCompass MMBench evaluation server"}
+        choices = {q.qid: extract_option(answers[q.qid], q.meta["options"]) for q in questions}
+        unextracted = [q for q in questions if choices[q.qid] is None]
+        reviews: dict[str, dict[str, Any]] = {}
+        if judge is not None and unextracted:
+            lost = {
+                q.meta["index"] % CIRCULAR_STRIDE
+                for q in questions
+                if choices[q.qid] is not None and choices[q.qid] != q.meta["answer"]
+            }
+            asked = [q for q in unextracted if q.meta["index"] % CIRCULAR_STRIDE not in lost]
+            contents = [
+                option_judge_prompt(
+                    q.text.removesuffix("\n" + self.instruction), q.meta["options"], answers[q.qid]
+                )
+                for q in asked
+            ]
+            for q, review in zip(asked, judge.review(OPTION_JUDGE_SYSTEM, contents)):
+                option = extract_option(review, q.meta["options"])
+                choices[q.qid] = option if option in q.meta["options"] else None
+                reviews[q.qid] = {"review": review, "option": option}
         groups: dict[int, list[bool]] = defaultdict(list)
         category: dict[int, str] = {}
-        unextracted = 0
         for q in questions:
-            choice = extract_option(answers[q.qid], q.meta["options"])
-            unextracted += choice is None
             base = q.meta["index"] % CIRCULAR_STRIDE
-            groups[base].append(choice == q.meta["answer"])
+            groups[base].append(choices[q.qid] == q.meta["answer"])
             category.setdefault(base, q.meta["category"])
         correct = {base: all(cs) for base, cs in groups.items()}
         per_category: dict[str, list[bool]] = defaultdict(list)
@@ -134,8 +180,12 @@ class MMBench(Benchmark):
         return {
             "score": round(100 * mean(list(correct.values())), 2),
             "circular_groups": len(groups),
-            "unextracted": unextracted,
+            "unextracted": len(unextracted),
+            "judge": judge.model_name if judge is not None else None,
+            "judge_asked": len(reviews),
+            "judge_mapped": sum(choices[qid] is not None for qid in reviews),
             "per_category": {k: round(100 * mean(v), 2) for k, v in sorted(per_category.items())},
+            "reviews": reviews,
         }
 
     def submission(self, questions, answers, out_dir: Path) -> Path | None:
