@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -119,6 +120,28 @@ def test_bad_input_names_record_and_field(tmp_path, tiny_llava):
     assert "'gone'" in msg and "field 'image': file not found" in msg
     assert "'noconv'" in msg and "field 'conversations'" in msg
     assert "'badrole'" in msg and "'#4'" in msg
+
+
+def test_bad_input_short_max_length_and_unreadable_files_name_the_record(tmp_path, tiny_llava):
+    records = [{"id": "img", "image": "a.png", "conversations": conv("<image>\nQ?", "A.")}]
+    path, folder = write_world(tmp_path, records)
+    # At scan time, before any step: the image's tokens cannot fit, whatever is cut after them.
+    with pytest.raises(DataError) as err:
+        dataset(tiny_llava, path, folder, max_length=SEQ)
+    msg = str(err.value)
+    assert f"1 bad record(s) in {path}" in msg
+    assert f"{path}: record 'img' (index 0): max_length {SEQ} is too short to hold the image" in msg
+
+    (folder / "a.png").write_bytes(b"not a png")  # present (the scan passes), but not an image
+    ds = dataset(tiny_llava, path, folder)
+    with pytest.raises(
+        DataError, match=rf"{re.escape(str(path))}: record 'img': field 'image': cannot read "
+    ):
+        ds[0]
+
+    path.write_text(json.dumps(records)[:-5])  # cut off mid-record
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}: invalid JSON at line 1, column "):
+        dataset(tiny_llava, path, folder)
 
 
 def test_fully_masked_records_are_counted_and_left_out(tmp_path, tiny_llava):

@@ -4,6 +4,7 @@ plain transformers and generates; a finished stage is not silently redone."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,13 @@ def tiny_cfg(world: dict, out: Path, *extra: str):
         return compose(config_name="config", overrides=overrides)
 
 
+# Pretraining keeps a checkpoint of each of its last two steps: the resume test restarts from them.
+PRETRAIN_CHECKPOINTS = ("train.pretrain.save_steps=1", "train.pretrain.save_total_limit=2")
+
+
 @pytest.fixture(scope="module")
 def stages(toy_world, tmp_path_factory):
-    cfg = tiny_cfg(toy_world, tmp_path_factory.mktemp("train"))
+    cfg = tiny_cfg(toy_world, tmp_path_factory.mktemp("train"), *PRETRAIN_CHECKPOINTS)
     return cfg, run_pretrain(cfg), run_finetune(cfg)
 
 
@@ -112,3 +117,29 @@ def test_finished_stage_is_refused_not_redone(stages):
     cfg, _, _ = stages
     with pytest.raises(FileExistsError, match="train.overwrite=true"):
         run_pretrain(cfg)
+
+
+def test_rerun_resumes_an_interrupted_stage_from_its_last_complete_checkpoint(stages, toy_world, tmp_path):
+    _, pre, _ = stages
+    assert pre["resumed_from"] is None and pre["start_step"] == 0
+    done = Path(pre["dir"])
+    # What a run killed while saving its step-3 checkpoint leaves: checkpoint-2 complete, checkpoint-3 without
+    # trainer_state.json (HF writes it last), no exported projector and no result marker.
+    cfg = tiny_cfg(toy_world, tmp_path, *PRETRAIN_CHECKPOINTS)
+    out = Path(cfg.paths.pretrain_dir).resolve()
+    shutil.copytree(done, out)
+    for name in (RESULT_FILE, PROJECTOR_FILE, "config.json"):
+        (out / name).unlink()
+    checkpoints = out / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-3"]
+    (checkpoints / "checkpoint-3" / "trainer_state.json").unlink()
+
+    again = run_pretrain(cfg)  # not refused: without its result marker the stage is unfinished
+    assert again["resumed_from"] == str(checkpoints / "checkpoint-2") and again["start_step"] == 2
+    assert again["steps"] == pre["steps"] == 3
+    # Optimizer moments, LR schedule, data order and RNG came back with the checkpoint: the finished
+    # projector is the one of the run that was never interrupted (a fresh Adam at step 3 would move it ~lr).
+    resumed, original = load_file(str(out / PROJECTOR_FILE)), load_file(str(done / PROJECTOR_FILE))
+    assert set(resumed) == set(original)
+    for name, tensor in original.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6)

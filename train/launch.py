@@ -26,7 +26,18 @@ from train.export import RESULT_FILE
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
-SUMMARY_KEYS = ("dir", "steps", "final_loss", "samples_per_s", "first_loss", "train_seconds", "batch", "data")
+SUMMARY_KEYS = (
+    "dir",
+    "steps",
+    "final_loss",
+    "samples_per_s",
+    "first_loss",
+    "train_seconds",
+    "batch",
+    "data",
+    "resumed_from",
+    "start_step",
+)
 
 
 def launcher_command(cfg: DictConfig, config_dir: Path, port: int) -> list[str]:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from pipeline.model_builder import ModelSpec, build_llava
 from train.data import Collator, EncodingSpec, LlavaDataset
@@ -49,6 +49,38 @@ class LlavaTrainer(Trainer):
             world_size=self.args.world_size * self.args.gradient_accumulation_steps,
             seed=self.args.seed,
         )
+
+
+class StartStep(TrainerCallback):
+    """The global step training starts from: 0 for a fresh run, the checkpoint's step for a resumed one."""
+
+    step: int | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.step = state.global_step
+
+
+def last_complete_checkpoint(checkpoints: Path) -> str | None:
+    """The newest `checkpoint-N` that was completely written, or None.
+
+    HF writes a checkpoint in place and its trainer_state.json last, so a run killed while saving leaves a
+    newer directory without it. Resuming from that one would load half-written optimizer state, or (with
+    trainer_state.json missing) restart the step count at 0 on top of the loaded weights.
+    """
+    if not checkpoints.is_dir():
+        return None
+    found = sorted(
+        (int(d.name.rpartition("-")[2]), d)
+        for d in checkpoints.iterdir()
+        if d.is_dir()
+        and d.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")
+        and d.name.rpartition("-")[2].isdigit()
+    )
+    for _, d in reversed(found):
+        if (d / "trainer_state.json").is_file():
+            return str(d)
+        log.warning("%s is incomplete (no trainer_state.json, the run stopped while saving it); skipped", d)
+    return None
 
 
 def set_trainable(model: Any, trainable: list[str]) -> dict[str, int]:
@@ -173,14 +205,16 @@ def train_stage(
     )
     checkpoints = out / CHECKPOINTS
     args = training_arguments(spec, plan, ds_config, checkpoints, cuda)
+    start_step = StartStep()
     trainer = LlavaTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         data_collator=collator,
+        callbacks=[start_step],
         modality_lengths=dataset.lengths if spec.group_by_modality_length else None,
     )
-    resume = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() and not overwrite else None
+    resume = None if overwrite else last_complete_checkpoint(checkpoints)
     if rank == 0 and resume:
         log.info("resuming %s from %s", stage, resume)
     start = time.perf_counter()
@@ -206,6 +240,7 @@ def train_stage(
         "trainable_params": counts,
         "changed_tensors": changed_tensors(before, fingerprints(state_dict)),
         "resumed_from": resume,
+        "start_step": start_step.step,
     }
     if stage == "pretrain":
         write_outputs(out, lambda tmp: save_projector(tmp, state_dict, model), result)
