@@ -83,6 +83,18 @@ def add_special_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
     tokenizer.padding_side = "right"
 
 
+def build_image_processor(vision_config: CLIPVisionConfig, *, image_aspect_ratio: str = "pad"):
+    """CLIP preprocessing at the tower's resolution; `pad` pads to a square with the CLIP mean colour first."""
+    size = vision_config.image_size
+    return LlavaImageProcessorPil(
+        do_pad=image_aspect_ratio == "pad",
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=list(OPENAI_CLIP_MEAN),
+        image_std=list(OPENAI_CLIP_STD),
+    )
+
+
 def build_processor(
     tokenizer: PreTrainedTokenizerBase,
     vision_config: CLIPVisionConfig,
@@ -91,17 +103,9 @@ def build_processor(
     vision_feature: str = "patch",
 ) -> LlavaProcessor:
     """A processor whose `<image>` expansion matches the model: for CLIP-L/14-336, 576 tokens."""
-    size = vision_config.image_size
-    image_processor = LlavaImageProcessorPil(
-        do_pad=image_aspect_ratio == "pad",
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
-        image_mean=list(OPENAI_CLIP_MEAN),
-        image_std=list(OPENAI_CLIP_STD),
-    )
     add_special_tokens(tokenizer)
     return LlavaProcessor(
-        image_processor=image_processor,
+        image_processor=build_image_processor(vision_config, image_aspect_ratio=image_aspect_ratio),
         tokenizer=tokenizer,
         patch_size=vision_config.patch_size,
         vision_feature_select_strategy=FEATURE_STRATEGIES[vision_feature],

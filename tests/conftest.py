@@ -42,7 +42,12 @@ def toy_world(tmp_path_factory) -> dict:
 
     out = tmp_path_factory.mktemp("world") / "toy_world"
     spec = ToyWorldSpec(
-        seed=7, coco_images=12, pretrain_images=12, per_source=SMALL_PER_SOURCE, vocab_size=512
+        seed=7,
+        coco_images=12,
+        pretrain_images=12,
+        per_source=SMALL_PER_SOURCE,
+        vocab_size=512,
+        vision_pretrain_steps=20,  # the path, not the learning (tests/test_vision_pretrain.py checks that)
     )
     return build_toy_world(out, spec)
 

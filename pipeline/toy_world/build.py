@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from pipeline.io import staged_dir
 from pipeline.toy_world.data import DEFAULT_PER_SOURCE, ToyData, build_toy_data
 from pipeline.toy_world.tiny_models import TinySizes, build_tiny_models
+from pipeline.toy_world.vision_pretrain import VisionPretrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class ToyWorldSpec:
     vision_layers: int = 3
     llm_hidden: int = 128
     llm_layers: int = 4
+    vision_pretrain_steps: int = 2000
 
     @property
     def sizes(self) -> TinySizes:
@@ -71,9 +73,16 @@ def build_toy_world(out_dir: Path, spec: ToyWorldSpec) -> dict[str, Any]:
             per_source=dict(spec.per_source or DEFAULT_PER_SOURCE),
         )
         log.info("toy data written in %.1fs: %s", time.perf_counter() - start, data.counts)
-        models = build_tiny_models(corpus(data), tmp / "models", spec.sizes, spec.seed)
+        models, probe = build_tiny_models(
+            corpus(data),
+            tmp / "models",
+            spec.sizes,
+            spec.seed,
+            VisionPretrainSpec(steps=spec.vision_pretrain_steps),
+        )
         summary = data.summary()
         summary["models"] = {name: str(path) for name, path in models.items()}
+        summary["vision_probe"] = probe
     # Paths in the summary point at the final location, not the staging directory.
     summary = json.loads(json.dumps(summary).replace(str(tmp), str(out_dir)))
     summary["dir"] = str(out_dir)

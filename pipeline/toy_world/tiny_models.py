@@ -2,7 +2,8 @@
 
 - a byte-level BPE tokenizer trained with `tokenizers` on the toy world's own text, with Llama's special tokens
   (`<unk>`, `<s>`, `</s>`; BOS added on encode), so any text encodes and the chat format works unchanged;
-- a tiny CLIP vision tower (`CLIPVisionModel`), randomly initialised from the seed;
+- a tiny CLIP vision tower (`CLIPVisionModel`), initialised from the seed and pretrained on toy scenes
+  (`vision_pretrain`), as CLIP arrives pretrained;
 - a tiny Llama LLM (`LlamaForCausalLM`), randomly initialised from the seed.
 
 They stand in for Vicuna and CLIP-L through the same code; only their sizes differ.
@@ -26,6 +27,7 @@ from transformers import (
 )
 
 from pipeline.chat_format import DEFAULT_SYSTEM
+from pipeline.toy_world.vision_pretrain import VisionPretrainSpec, pretrain_vision_tower
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
 
@@ -108,10 +110,15 @@ def build_llm(sizes: TinySizes, tokenizer: PreTrainedTokenizerFast, seed: int) -
     return LlamaForCausalLM(config)
 
 
-def build_tiny_models(texts: Iterable[str], out_dir: Path, sizes: TinySizes, seed: int) -> dict[str, Path]:
-    """Write `tokenizer/`, `vision/` and `llm/` (the LLM directory carries the tokenizer too, like Vicuna's)."""
+def build_tiny_models(
+    texts: Iterable[str], out_dir: Path, sizes: TinySizes, seed: int, vision_pretrain: VisionPretrainSpec
+) -> tuple[dict[str, Path], dict[str, float]]:
+    """Write `tokenizer/`, `vision/` and `llm/` (the LLM directory carries the tokenizer too, like Vicuna's).
+
+    Returns the paths and the vision tower's held-out probe accuracies after pretraining."""
     tokenizer = train_tokenizer(texts, sizes.vocab_size)
     vision, image_processor = build_vision_tower(sizes, seed)
+    probe = pretrain_vision_tower(vision, vision_pretrain, seed) if vision_pretrain.steps else {}
     llm = build_llm(sizes, tokenizer, seed)
     paths = {"tokenizer": out_dir / "tokenizer", "vision_tower": out_dir / "vision", "llm": out_dir / "llm"}
     tokenizer.save_pretrained(paths["tokenizer"])
@@ -119,4 +126,4 @@ def build_tiny_models(texts: Iterable[str], out_dir: Path, sizes: TinySizes, see
     image_processor.save_pretrained(paths["vision_tower"])
     llm.save_pretrained(paths["llm"])
     tokenizer.save_pretrained(paths["llm"])
-    return paths
+    return paths, probe

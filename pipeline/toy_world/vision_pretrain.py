@@ -1,0 +1,127 @@
+"""Pretraining the toy vision tower on the toy world's own scenes, before the pipeline ever sees it.
+
+LLaVA starts from CLIP, whose patch features already say what is where; LLaVA only learns to read them. A
+randomly initialised tower keeps a patch's mean colour but hides shape and count: a finetuned toy model answered
+shape and count questions at chance. So the toy world gives its tower what CLIP has. It trains the tower on
+freshly sampled scenes (image ids no data file uses) with labels read off each `Scene` - which (colour, shape)
+pairs are present, and how many shapes there are - then drops the heads and saves the tower like any other.
+
+The heads read the mean of the patch features LLaVA reads (`vision_feature_layer=-2`, CLS dropped), so the
+information has to live in the tokens the projector gets; images go through the same pad-to-square processor as
+finetuning and evaluation. (Per-patch colour and shape targets were tried as well: they slowed the shape
+learning down.)
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import CLIPVisionModel
+
+from pipeline.model_builder import build_image_processor
+from pipeline.toy_world.scenes import COLOURS, SHAPES, Scene, draw_scene, sample_scene
+
+log = logging.getLogger(__name__)
+
+# Above every id the toy data uses and below the held-out check's, so no pretraining scene is a data scene.
+SCENE_ID_BASE = 800_000_000
+FEATURE_LAYER = -2
+MAX_SHAPES = 3
+HELD_OUT = 256
+# Count is the easy target: at weight 1 it crowded shapes out of the features (held-out shape-of-colour 0.43 after
+# 2000 steps, against 0.80 at 0.1 with count still at 0.83).
+COUNT_WEIGHT = 0.1
+
+
+@dataclass(frozen=True)
+class VisionPretrainSpec:
+    steps: int = 2000
+    scenes: int = 4096
+    batch_size: int = 64
+    learning_rate: float = 2e-3
+
+
+def scene_labels(scenes: list[Scene]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pairs, counts): a multi-hot over colour x shape, and the number of shapes minus one."""
+    pairs = torch.zeros(len(scenes), len(COLOURS), len(SHAPES))
+    colours = list(COLOURS)
+    for i, scene in enumerate(scenes):
+        for shape in scene.shapes:
+            pairs[i, colours.index(shape.colour), SHAPES.index(shape.kind)] = 1.0
+    return pairs.flatten(1), torch.tensor([len(s.shapes) - 1 for s in scenes])
+
+
+class _Heads(nn.Module):
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.pairs = nn.Linear(hidden, len(COLOURS) * len(SHAPES))
+        self.count = nn.Linear(hidden, MAX_SHAPES)
+
+    def forward(self, tower: CLIPVisionModel, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        patches = tower(pixels, output_hidden_states=True).hidden_states[FEATURE_LAYER][:, 1:]
+        pooled = patches.mean(dim=1)
+        return self.pairs(pooled), self.count(pooled)
+
+
+@torch.no_grad()
+def probe(
+    tower: CLIPVisionModel, heads: _Heads, pixels: torch.Tensor, pairs: torch.Tensor, counts: torch.Tensor
+):
+    """Held-out accuracy on what the toy questions need: the shape of the one object of a colour, and the count."""
+    pair_logits, count_logits = heads(tower, pixels)
+    truth = pairs.view(-1, len(COLOURS), len(SHAPES))
+    single = truth.sum(-1) == 1  # colours held by exactly one shape: "what shape is red?" has one answer
+    predicted = pair_logits.view(-1, len(COLOURS), len(SHAPES)).argmax(-1)
+    return {
+        "shape_of_colour": round((predicted[single] == truth.argmax(-1)[single]).float().mean().item(), 3),
+        "count": round((count_logits.argmax(-1) == counts).float().mean().item(), 3),
+    }
+
+
+def pretrain_vision_tower(tower: CLIPVisionModel, spec: VisionPretrainSpec, seed: int) -> dict[str, float]:
+    """Train `tower` in place; returns its accuracies on scenes it did not train on."""
+    rng = random.Random(seed)
+    scenes = [
+        sample_scene(rng, SCENE_ID_BASE + i, with_word=rng.random() < 0.2)
+        for i in range(spec.scenes + HELD_OUT)
+    ]
+    processor = build_image_processor(tower.config, image_aspect_ratio="pad")
+    pixels = processor([draw_scene(s) for s in scenes], return_tensors="pt")["pixel_values"]
+    pairs, counts = scene_labels(scenes)
+
+    torch.manual_seed(seed)
+    heads = _Heads(tower.config.hidden_size)
+    optimizer = torch.optim.Adam([*tower.parameters(), *heads.parameters()], lr=spec.learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+    held_out = slice(spec.scenes, None)
+    metrics = probe(tower.eval(), heads, pixels[held_out], pairs[held_out], counts[held_out])
+    log.info("vision tower before pretraining, held-out %s", metrics)
+    start = time.perf_counter()
+    for step in range(1, spec.steps + 1):
+        tower.train()
+        batch = torch.randint(0, spec.scenes, (spec.batch_size,), generator=generator)
+        pair_logits, count_logits = heads(tower, pixels[batch])
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            pair_logits, pairs[batch]
+        ) + COUNT_WEIGHT * nn.functional.cross_entropy(count_logits, counts[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 500 == 0 or step == spec.steps:
+            metrics = probe(tower.eval(), heads, pixels[held_out], pairs[held_out], counts[held_out])
+            rate = step * spec.batch_size / (time.perf_counter() - start)
+            log.info(
+                "vision tower step %d/%d (%.0f images/s): loss %.3f, held-out %s",
+                step,
+                spec.steps,
+                rate,
+                loss.item(),
+                metrics,
+            )
+    tower.eval()
+    return metrics
