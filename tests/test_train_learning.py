@@ -1,0 +1,65 @@
+"""The trained toy model has learned: held-out scenes, questions about their shapes, accuracy far above chance.
+
+A toy world with enough short-answer data and a pretrained tiny vision tower goes through the real stages
+(pretrain, then finetune through the `deepspeed` launcher); `train.heldout` then asks colour, shape and count
+questions about fresh scenes. The budget here is about 210 steps, a quarter of the demo's, and at that budget only
+colour is learned: measured at 265 steps, colour 0.72 (chance 0.17), shape 0.36 and count 0.32 (chance 0.33).
+Shape and count need the demo's 840 steps and its longer-trained tower (README: 0.68 and 0.71).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.toy_world.build import ToyWorldSpec, build_toy_world
+from tests.test_train_stages import tiny_cfg
+from train.heldout import heldout_accuracy
+from train.launch import run_finetune, run_pretrain
+
+PER_SOURCE = {
+    "llava_instruct": 8,
+    "sharegpt": 4,
+    "vqav2": 600,
+    "gqa": 200,
+    "okvqa": 4,
+    "ocr_vqa": 4,
+    "a_okvqa": 4,
+    "textcaps": 4,
+    "refcoco": 4,
+    "vg": 4,
+}
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("learning")
+    world = build_toy_world(
+        out / "toy_world",
+        ToyWorldSpec(
+            seed=11,
+            coco_images=300,
+            pretrain_images=48,
+            per_source=PER_SOURCE,
+            vocab_size=512,
+            vision_pretrain_steps=1000,
+        ),
+    )
+    cfg = tiny_cfg(
+        world,
+        out,
+        "train.finetune.global_batch_size=16",
+        "train.finetune.per_device_batch_size=8",
+        "train.finetune.epochs=4",
+        "train.finetune.learning_rate=1e-3",
+    )
+    run_pretrain(cfg)
+    finetune = run_finetune(cfg)
+    return finetune, heldout_accuracy(finetune["dir"], n=90, seed=2024)
+
+
+def test_finetuned_toy_model_answers_held_out_colour_questions_far_above_chance(learned):
+    finetune, accuracy = learned
+    assert finetune["steps"] >= 200
+    assert finetune["final_loss"] < finetune["first_loss"] / 3
+    # n=90: one standard error at chance is about 0.04, so 2.5x chance is more than 6 of them.
+    assert accuracy["colour"]["accuracy"] >= 2.5 * accuracy["colour"]["chance"], accuracy
