@@ -28,9 +28,8 @@ def test_pretraining_teaches_the_tower_to_count_and_changes_it():
     tower, _ = build_vision_tower(TinySizes(), seed=3)
     before = {k: v.clone() for k, v in tower.state_dict().items()}
     probe = pretrain_vision_tower(tower, VisionPretrainSpec(steps=300, scenes=1024), seed=3)
-    # Chance is 1/3 for both; count is learned first (about 0.8 by 300 steps).
+    # Chance is 1/3; count is learned long before shapes are (shape-of-colour needs about 2000 steps).
     assert probe["count"] > 0.6, probe
-    assert 0.0 <= probe["shape_of_colour"] <= 1.0
     assert not tower.training
     assert any(not torch.equal(before[k], v) for k, v in tower.state_dict().items())
 
