@@ -21,7 +21,7 @@ from eval.benchmarks import BENCHMARKS, Benchmark, Question, get_benchmark
 from eval.judge import Judge, LazyEngine
 from eval.report import log_wandb, write_report
 from eval.toy import write_toy_benchmarks
-from pipeline.engines import Engine, build_engine
+from pipeline.engines import build_engine
 from pipeline.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -117,28 +117,22 @@ def evaluate(
     engine_options = {k: v for k, v in engine_options.items() if k not in _ENGINE_SAMPLING_KEYS}
     engine_options["batch_size"] = spec.batch_size
     # the evaluated model, loaded on first need: a rerun with every answer and review cached never loads it
-    built: list[Engine] = []
-
-    def model_engine() -> Engine:
-        if not built:
-            built.append(build_engine(backend, model=str(checkpoint), model_name=model_id, **engine_options))
-        return built[0]
-
+    engine = LazyEngine(
+        model_id, lambda: build_engine(backend, model=str(checkpoint), model_name=model_id, **engine_options)
+    )
     generated = 0
     if spec.generate:
         for b in benches:
-            todo = [q for q in loaded[b.name] if not caches[b.name].fresh(q, spec.tokens_for(b))]
-            if todo:
-                generated += generate_missing(
-                    model_engine(), b.name, loaded[b.name], caches[b.name], batch_size=spec.batch_size,
-                    max_new_tokens=spec.tokens_for(b),
-                )  # fmt: skip
+            generated += generate_missing(
+                engine, b.name, loaded[b.name], caches[b.name], batch_size=spec.batch_size,
+                max_new_tokens=spec.tokens_for(b),
+            )  # fmt: skip
 
     judge = None
     judged = [b for b in benches if b.judged or (b.judge_fallback and spec.judge.model is not None)]
     if judged:
         if spec.judge.model is None:
-            judge_engine = LazyEngine(model_id, model_engine)
+            judge_engine = engine
         else:
             # the name keys the cached reviews, so it is passed to the engine rather than left to the backend
             js, name = spec.judge, spec.judge.options.get("model_name") or spec.judge.model

@@ -99,7 +99,11 @@ def pretrain_vision_tower(tower: CLIPVisionModel, spec: VisionPretrainSpec, seed
     optimizer = torch.optim.Adam([*tower.parameters(), *heads.parameters()], lr=spec.learning_rate)
     generator = torch.Generator().manual_seed(seed)
     held_out = slice(spec.scenes, None)
-    metrics = probe(tower.eval(), heads, pixels[held_out], pairs[held_out], counts[held_out])
+
+    def held_out_probe() -> dict[str, float]:
+        return probe(tower.eval(), heads, pixels[held_out], pairs[held_out], counts[held_out])
+
+    metrics = held_out_probe()
     log.info("vision tower before pretraining, held-out %s", metrics)
     start = time.perf_counter()
     for step in range(1, spec.steps + 1):
@@ -113,7 +117,7 @@ def pretrain_vision_tower(tower: CLIPVisionModel, spec: VisionPretrainSpec, seed
         loss.backward()
         optimizer.step()
         if step % 500 == 0 or step == spec.steps:
-            metrics = probe(tower.eval(), heads, pixels[held_out], pairs[held_out], counts[held_out])
+            metrics = held_out_probe()
             rate = step * spec.batch_size / (time.perf_counter() - start)
             log.info(
                 "vision tower step %d/%d (%.0f images/s): loss %.3f, held-out %s",
