@@ -45,13 +45,17 @@ def tiny_cfg(world: dict, out: Path, *extra: str):
         return compose(config_name="config", overrides=overrides)
 
 
-# Pretraining keeps a checkpoint of each of its last two steps: the resume test restarts from them.
-PRETRAIN_CHECKPOINTS = ("train.pretrain.save_steps=1", "train.pretrain.save_total_limit=2")
+# Both stages keep a checkpoint of each of their last two steps: the resume tests restart from them.
+CHECKPOINTS = tuple(
+    f"train.{stage}.{key}={value}"
+    for stage in ("pretrain", "finetune")
+    for key, value in (("save_steps", 1), ("save_total_limit", 2))
+)
 
 
 @pytest.fixture(scope="module")
 def stages(toy_world, tmp_path_factory):
-    cfg = tiny_cfg(toy_world, tmp_path_factory.mktemp("train"), *PRETRAIN_CHECKPOINTS)
+    cfg = tiny_cfg(toy_world, tmp_path_factory.mktemp("train"), *CHECKPOINTS)
     return cfg, run_pretrain(cfg), run_finetune(cfg)
 
 
@@ -119,23 +123,26 @@ def test_finished_stage_is_refused_not_redone(stages):
         run_pretrain(cfg)
 
 
-def test_rerun_resumes_an_interrupted_stage_from_its_last_complete_checkpoint(stages, toy_world, tmp_path):
+def _interrupt_while_saving(done: Path, out: Path) -> tuple[Path, int]:
+    """What a run killed while saving its last checkpoint leaves in `out`: the checkpoint before it complete, the
+    last one without trainer_state.json (HF writes it last), and none of the stage's exported files."""
+    shutil.copytree(done / "checkpoints", out / "checkpoints")
+    steps = sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").iterdir())
+    assert len(steps) == 2 and steps[1] == steps[0] + 1
+    (out / "checkpoints" / f"checkpoint-{steps[1]}" / "trainer_state.json").unlink()
+    return out / "checkpoints" / f"checkpoint-{steps[0]}", steps[0]
+
+
+def test_interrupted_zero2_stage_resumes_from_its_last_complete_checkpoint(stages, toy_world, tmp_path):
     _, pre, _ = stages
     assert pre["resumed_from"] is None and pre["start_step"] == 0
     done = Path(pre["dir"])
-    # What a run killed while saving its step-3 checkpoint leaves: checkpoint-2 complete, checkpoint-3 without
-    # trainer_state.json (HF writes it last), no exported projector and no result marker.
-    cfg = tiny_cfg(toy_world, tmp_path, *PRETRAIN_CHECKPOINTS)
+    cfg = tiny_cfg(toy_world, tmp_path, *CHECKPOINTS)
     out = Path(cfg.paths.pretrain_dir).resolve()
-    shutil.copytree(done, out)
-    for name in (RESULT_FILE, PROJECTOR_FILE, "config.json"):
-        (out / name).unlink()
-    checkpoints = out / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-3"]
-    (checkpoints / "checkpoint-3" / "trainer_state.json").unlink()
+    last_complete, step = _interrupt_while_saving(done, out)
 
     again = run_pretrain(cfg)  # not refused: without its result marker the stage is unfinished
-    assert again["resumed_from"] == str(checkpoints / "checkpoint-2") and again["start_step"] == 2
+    assert again["resumed_from"] == str(last_complete) and again["start_step"] == step == 2
     assert again["steps"] == pre["steps"] == 3
     # Optimizer moments, LR schedule, data order and RNG came back with the checkpoint: the finished
     # projector is the one of the run that was never interrupted (a fresh Adam at step 3 would move it ~lr).
@@ -143,3 +150,23 @@ def test_rerun_resumes_an_interrupted_stage_from_its_last_complete_checkpoint(st
     assert set(resumed) == set(original)
     for name, tensor in original.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_interrupted_zero3_stage_resumes_from_its_last_complete_checkpoint(stages, toy_world, tmp_path):
+    _, pre, fine = stages
+    assert fine["resumed_from"] is None and fine["start_step"] == 0
+    done = Path(fine["dir"])
+    cfg = tiny_cfg(toy_world, tmp_path, *CHECKPOINTS)
+    shutil.copytree(pre["dir"], cfg.paths.pretrain_dir)  # the finished projector the finetune starts from
+    out = Path(cfg.paths.finetune_dir).resolve()
+    last_complete, step = _interrupt_while_saving(done, out)
+
+    again = run_finetune(cfg)
+    assert again["resumed_from"] == str(last_complete) and again["start_step"] == step == fine["steps"] - 1
+    assert again["steps"] == fine["steps"]
+    # The partitioned ZeRO-3 optimizer and parameter shards came back: the gathered export matches the
+    # uninterrupted run's tensor for tensor.
+    resumed, original = load_file(str(out / "model.safetensors")), load_file(str(done / "model.safetensors"))
+    assert set(resumed) == set(original)
+    for name, tensor in original.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6, msg=name)

@@ -2,7 +2,8 @@
 
 The scenes are drawn with a seed and image ids the toy world never uses, and the questions come from the toy
 world's own generators, asked in the VQAv2 short-answer format the mix teaches. Chance: colour 1/6, shape 1/3,
-count 1/3. `python -m train.heldout <model_dir> [n] [seed]` prints the accuracies as JSON.
+count 1/3, exists ("is there a <colour> <shape>", yes and no equally often) 1/2.
+`python -m train.heldout <model_dir> [n] [seed]` prints the accuracies as JSON.
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ from pipeline.toy_world import language as lang
 from pipeline.toy_world.scenes import COLOURS, SHAPES, draw_scene, sample_scene
 
 HELDOUT_ID_BASE = 900_000_000
-QUESTIONS = {"colour": lang.colour_qa, "shape": lang.shape_qa, "count": lang.count_qa}
-CHANCE = {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "count": 1 / 3}
+QUESTIONS = {
+    "colour": lang.colour_qa,
+    "shape": lang.shape_qa,
+    "count": lang.count_qa,
+    "exists": lang.exists_qa,
+}
+CHANCE = {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "count": 1 / 3, "exists": 1 / 2}
 
 
 def heldout_questions(n: int, seed: int) -> list[tuple[str, str, str, Any]]:
