@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections import Counter
 
@@ -132,7 +133,16 @@ def test_bad_input_short_max_length_and_unreadable_files_name_the_record(tmp_pat
     assert f"1 bad record(s) in {path}" in msg
     assert f"{path}: record 'img' (index 0): max_length {SEQ} is too short to hold the image" in msg
 
-    (folder / "a.png").write_bytes(b"not a png")  # present (the scan passes), but not an image
+    # Not an image at all: the scan opens every image's header, so this too fails before any step.
+    (folder / "a.png").write_bytes(b"not a png")
+    with pytest.raises(DataError) as err:
+        dataset(tiny_llava, path, folder)
+    assert f"{path}: record 'img' (index 0): field 'image': cannot read {folder / 'a.png'}" in str(err.value)
+
+    # A sound header over pixel data cut short passes the scan and fails when its batch loads.
+    noise = Image.frombytes("RGB", (60, 30), random.Random(0).randbytes(60 * 30 * 3))
+    noise.save(folder / "a.png")
+    (folder / "a.png").write_bytes((folder / "a.png").read_bytes()[:2000])
     ds = dataset(tiny_llava, path, folder)
     with pytest.raises(
         DataError, match=rf"{re.escape(str(path))}: record 'img': field 'image': cannot read "

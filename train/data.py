@@ -2,7 +2,10 @@
 
 Every record is encoded once at start (all records, on every rank, deterministically) so that bad input fails
 before any step with the file, record id and field named, records whose labels would be entirely masked are
-counted and left out instead of silently training on nothing, and the sampler gets real token lengths.
+counted and left out instead of silently training on nothing, and the sampler gets real token lengths. Each
+distinct image file is opened once at start too: PIL reads only its header, which catches what is not an image
+at all (an empty file, an HTML error page saved as .jpg) at the cost of one small read per image. A file whose
+header is fine but whose pixel data is cut short still fails only when its batch loads, naming the record.
 """
 
 from __future__ import annotations
@@ -135,7 +138,9 @@ class LlavaDataset(torch.utils.data.Dataset):
         self.records: list[Mapping[str, Any]] = []
         self.ids: list[str] = []
         self.lengths: list[int] = []  # token lengths, negative for text-only records (the sampler's modality)
+        self._image_errors: dict[Path, str | None] = {}  # per distinct file: why its header did not read
         self.report = self._scan(records)
+        self._image_errors.clear()
 
     def _where(self, record: Any, index: int) -> str:
         return f"{self.data_json}: record {record_id(record, index)!r} (index {index})"
@@ -200,8 +205,12 @@ class LlavaDataset(torch.utils.data.Dataset):
         if not isinstance(image, str) or not image:
             raise DataError(f"{where}: field 'image' must be a relative path string, got {image!r}")
         path = self.image_folder / image
-        if check and not path.is_file():
-            raise DataError(f"{where}: field 'image': file not found: {path}")
+        if not check:
+            return path
+        if path not in self._image_errors:
+            self._image_errors[path] = _header_error(path)
+        if self._image_errors[path]:
+            raise DataError(f"{where}: field 'image': {self._image_errors[path]}")
         return path
 
     def __len__(self) -> int:
@@ -225,6 +234,17 @@ class LlavaDataset(torch.utils.data.Dataset):
             pixels = self.image_processor(image, do_pad=self.do_pad, return_tensors="pt")["pixel_values"]
             item["pixel_values"] = pixels[0]
         return item
+
+
+def _header_error(path: Path) -> str | None:
+    """Why `path` is not an image PIL can open (its header only), or None."""
+    if not path.is_file():
+        return f"file not found: {path}"
+    try:
+        with Image.open(path):
+            return None
+    except (OSError, UnidentifiedImageError) as e:
+        return f"cannot read {path}: {e}"
 
 
 @dataclass(frozen=True)
