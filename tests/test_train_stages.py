@@ -4,6 +4,7 @@ plain transformers and generates; a finished stage is not silently redone."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def test_pretrain_zero2_trains_only_the_projector(stages, toy_world):
     assert out == Path(cfg.paths.pretrain_dir).resolve()
     assert {"dir", "steps", "final_loss", "samples_per_s"} <= set(pre)
     assert pre["steps"] == 3 and pre["batch"]["world_size"] == 2  # 12 records / global batch 4
-    result = __import__("json").loads((out / RESULT_FILE).read_text())
+    result = json.loads((out / RESULT_FILE).read_text())
     assert result["zero_stage"] == 2
     changed = result["changed_tensors"]
     assert changed["projector"] == [4, 4]
@@ -79,7 +80,7 @@ def test_pretrain_zero2_trains_only_the_projector(stages, toy_world):
 def test_finetune_zero3_trains_llm_and_projector_vision_bit_identical(stages, toy_world):
     cfg, pre, fine = stages
     out = Path(fine["dir"])
-    result = __import__("json").loads((out / RESULT_FILE).read_text())
+    result = json.loads((out / RESULT_FILE).read_text())
     assert result["zero_stage"] == 3 and result["batch"]["accumulation"] == 2
     assert fine["steps"] == result["data"]["kept"] // 8
     changed = result["changed_tensors"]
@@ -152,11 +153,15 @@ def test_interrupted_zero2_stage_resumes_from_its_last_complete_checkpoint(stage
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6)
 
 
-def test_interrupted_zero3_stage_resumes_from_its_last_complete_checkpoint(stages, toy_world, tmp_path):
+def test_interrupted_zero3_stage_resumes_and_gradient_checkpointing_changes_nothing(
+    stages, toy_world, tmp_path
+):
     _, pre, fine = stages
     assert fine["resumed_from"] is None and fine["start_step"] == 0
     done = Path(fine["dir"])
-    cfg = tiny_cfg(toy_world, tmp_path, *CHECKPOINTS)
+    # The resumed run recomputes activations in the backward pass (the GPU setting): in fp32 the gradients,
+    # and so the weights, must come out exactly as the uninterrupted run's without it.
+    cfg = tiny_cfg(toy_world, tmp_path, *CHECKPOINTS, "train.finetune.gradient_checkpointing=true")
     shutil.copytree(pre["dir"], cfg.paths.pretrain_dir)  # the finished projector the finetune starts from
     out = Path(cfg.paths.finetune_dir).resolve()
     last_complete, step = _interrupt_while_saving(done, out)
@@ -164,6 +169,9 @@ def test_interrupted_zero3_stage_resumes_from_its_last_complete_checkpoint(stage
     again = run_finetune(cfg)
     assert again["resumed_from"] == str(last_complete) and again["start_step"] == step == fine["steps"] - 1
     assert again["steps"] == fine["steps"]
+    runtime = [json.loads((d / RESULT_FILE).read_text())["runtime"] for d in (done, out)]
+    assert [r["gradient_checkpointing"] for r in runtime] == [False, True]
+    assert runtime[1]["device"] == "cpu" and not runtime[1]["bf16"]
     # The partitioned ZeRO-3 optimizer and parameter shards came back: the gathered export matches the
     # uninterrupted run's tensor for tensor.
     resumed, original = load_file(str(out / "model.safetensors")), load_file(str(done / "model.safetensors"))

@@ -235,6 +235,14 @@ def train_stage(
         "samples_per_s": round(float(output.metrics.get("train_samples_per_second", 0.0)), 2),
         "train_seconds": round(seconds, 1),
         "zero_stage": spec.zero_stage,
+        # What ran, which on CPU is not what a GPU config asks for (fp32, no flash-attn there).
+        "runtime": {
+            "device": "cuda" if cuda else "cpu",
+            "bf16": args.bf16,
+            "tf32": bool(args.tf32),
+            "gradient_checkpointing": model.is_gradient_checkpointing,
+            "attn_implementation": model.config._attn_implementation,
+        },
         "batch": dataclasses.asdict(plan),
         "data": dataset.report.as_dict(),
         "trainable_params": counts,
