@@ -160,7 +160,7 @@ def test_interrupted_zero3_stage_resumes_and_gradient_checkpointing_changes_noth
     assert fine["resumed_from"] is None and fine["start_step"] == 0
     done = Path(fine["dir"])
     # The resumed run recomputes activations in the backward pass (the GPU setting): in fp32 the gradients,
-    # and so the weights, must come out exactly as the uninterrupted run's without it.
+    # and so the weights, must come out as the uninterrupted run's without it.
     cfg = tiny_cfg(toy_world, tmp_path, *CHECKPOINTS, "train.finetune.gradient_checkpointing=true")
     shutil.copytree(pre["dir"], cfg.paths.pretrain_dir)  # the finished projector the finetune starts from
     out = Path(cfg.paths.finetune_dir).resolve()
