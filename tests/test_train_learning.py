@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.toy_world.build import ToyWorldSpec, build_toy_world
 from tests.test_train_stages import tiny_cfg
-from train.heldout import heldout_accuracy
+from train.heldout import heldout_accuracy, named_object_questions
 from train.launch import run_finetune, run_pretrain
 
 PER_SOURCE = {
@@ -64,3 +64,12 @@ def test_finetuned_toy_model_answers_held_out_colour_questions_far_above_chance(
     assert finetune["final_loss"] < finetune["first_loss"] / 3
     # n=90: one standard error at chance is about 0.04, so 2.5x chance is more than 6 of them.
     assert accuracy["colour"]["accuracy"] >= 2.5 * accuracy["colour"]["chance"], accuracy
+
+
+def test_named_object_questions_ask_about_two_kinds_with_different_answers():
+    pairs = named_object_questions(20, seed=3)
+    assert len(pairs) == 20
+    for (q1, a1), (q2, a2), image in pairs:
+        assert q1 != q2 and a1 != a2 and q1.startswith("What color is the ")
+        assert image.mode == "RGB"
+    assert named_object_questions(20, seed=3)[0][:2] == pairs[0][:2]  # seeded
