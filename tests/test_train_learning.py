@@ -13,22 +13,13 @@ from __future__ import annotations
 import pytest
 
 from pipeline.toy_world.build import ToyWorldSpec, build_toy_world
+from tests.conftest import SMALL_PER_SOURCE
 from tests.test_train_stages import tiny_cfg
 from train.heldout import heldout_accuracy, named_object_questions
 from train.launch import run_finetune, run_pretrain
 
-PER_SOURCE = {
-    "llava_instruct": 8,
-    "sharegpt": 4,
-    "vqav2": 600,
-    "gqa": 200,
-    "okvqa": 4,
-    "ocr_vqa": 4,
-    "a_okvqa": 4,
-    "textcaps": 4,
-    "refcoco": 4,
-    "vg": 4,
-}
+# The session's small world, with the short-answer data that grounds answers in the image.
+PER_SOURCE = {**SMALL_PER_SOURCE, "llava_instruct": 8, "vqav2": 600, "gqa": 200}
 
 
 @pytest.fixture(scope="module")
