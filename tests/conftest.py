@@ -48,6 +48,7 @@ def toy_world(tmp_path_factory) -> dict:
         per_source=SMALL_PER_SOURCE,
         vocab_size=512,
         vision_pretrain_steps=20,  # the path, not the learning (tests/test_vision_pretrain.py checks that)
+        llm_pretrain_steps=10,  # likewise (tests/test_llm_pretrain.py)
     )
     return build_toy_world(out, spec)
 

@@ -17,6 +17,7 @@ SMALL = [
     "toy_world.pretrain_images=8",
     "toy_world.vocab_size=400",
     "toy_world.vision_pretrain_steps=10",
+    "toy_world.llm_pretrain_steps=5",
     *(
         f"toy_world.per_source.{s}=3"
         for s in ("llava_instruct", "vqav2", "gqa", "okvqa", "refcoco", "a_okvqa")

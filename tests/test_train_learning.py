@@ -34,6 +34,7 @@ def learned(tmp_path_factory):
             per_source=PER_SOURCE,
             vocab_size=512,
             vision_pretrain_steps=1000,
+            llm_pretrain_steps=0,  # the demo's 800 steps of text would double this test; colour needs none
         ),
     )
     cfg = tiny_cfg(

@@ -6,7 +6,13 @@ import torch
 
 from pipeline.toy_world.scenes import COLOURS, SHAPES, Scene, Shape
 from pipeline.toy_world.tiny_models import TinySizes, build_vision_tower
-from pipeline.toy_world.vision_pretrain import VisionPretrainSpec, pretrain_vision_tower, scene_labels
+from pipeline.toy_world.vision_pretrain import (
+    NONE,
+    VisionPretrainSpec,
+    centre_labels,
+    pretrain_vision_tower,
+    scene_labels,
+)
 
 
 def test_scene_labels_are_colour_shape_pairs_and_counts():
@@ -24,6 +30,24 @@ def test_scene_labels_are_colour_shape_pairs_and_counts():
     assert grid.sum() == 2 and counts.tolist() == [1]  # two shapes: class 1
 
 
+def test_centre_labels_mark_the_patch_of_each_shape_centre_on_the_padded_square():
+    # 96x48 pads to 96x96 with 24 rows above; a 6x6 grid has 16-pixel patches.
+    scene = Scene(
+        1,
+        96,
+        48,
+        (Shape("circle", "red", (0, 0, 16, 16)), Shape("triangle", "blue", (80, 32, 16, 16))),
+    )
+    colours, kinds = centre_labels([scene], grid=6)
+    red_at, blue_at = 2 * 6 + 0, 4 * 6 + 5  # centres (8, 32) and (88, 64) on the square
+    assert colours[0, red_at] == 1 + list(COLOURS).index("red") and kinds[0, red_at] == 1 + SHAPES.index(
+        "circle"
+    )
+    assert colours[0, blue_at] == 1 + list(COLOURS).index("blue")
+    assert kinds[0, blue_at] == 1 + SHAPES.index("triangle")
+    assert (kinds[0] != NONE).sum() == 2 and (colours[0] != NONE).sum() == 2
+
+
 def test_pretraining_teaches_the_tower_to_count_and_changes_it():
     tower, _ = build_vision_tower(TinySizes(), seed=3)
     before = {k: v.clone() for k, v in tower.state_dict().items()}
@@ -32,4 +56,3 @@ def test_pretraining_teaches_the_tower_to_count_and_changes_it():
     assert probe["count"] > 0.6, probe
     assert not tower.training
     assert any(not torch.equal(before[k], v) for k, v in tower.state_dict().items())
-

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 
 from pipeline.io import staged_dir
 from pipeline.toy_world.data import DEFAULT_PER_SOURCE, ToyData, build_toy_data
+from pipeline.toy_world.llm_pretrain import LlmPretrainSpec
 from pipeline.toy_world.tiny_models import TinySizes, build_tiny_models
 from pipeline.toy_world.vision_pretrain import VisionPretrainSpec
 
@@ -36,6 +37,7 @@ class ToyWorldSpec:
     llm_hidden: int = 128
     llm_layers: int = 4
     vision_pretrain_steps: int = 2000
+    llm_pretrain_steps: int = 800
 
     @property
     def sizes(self) -> TinySizes:
@@ -73,16 +75,18 @@ def build_toy_world(out_dir: Path, spec: ToyWorldSpec) -> dict[str, Any]:
             per_source=dict(spec.per_source or DEFAULT_PER_SOURCE),
         )
         log.info("toy data written in %.1fs: %s", time.perf_counter() - start, data.counts)
-        models, probe = build_tiny_models(
+        models, probes = build_tiny_models(
             corpus(data),
             tmp / "models",
             spec.sizes,
             spec.seed,
             VisionPretrainSpec(steps=spec.vision_pretrain_steps),
+            LlmPretrainSpec(steps=spec.llm_pretrain_steps),
         )
         summary = data.summary()
         summary["models"] = {name: str(path) for name, path in models.items()}
-        summary["vision_probe"] = probe
+        summary["vision_probe"] = probes["vision"]
+        summary["llm_probe"] = probes["llm"]
     # Paths in the summary point at the final location, not the staging directory.
     summary = json.loads(json.dumps(summary).replace(str(tmp), str(out_dir)))
     summary["dir"] = str(out_dir)

@@ -4,7 +4,8 @@
   (`<unk>`, `<s>`, `</s>`; BOS added on encode), so any text encodes and the chat format works unchanged;
 - a tiny CLIP vision tower (`CLIPVisionModel`), initialised from the seed and pretrained on toy scenes
   (`vision_pretrain`), as CLIP arrives pretrained;
-- a tiny Llama LLM (`LlamaForCausalLM`), randomly initialised from the seed.
+- a tiny Llama LLM (`LlamaForCausalLM`), initialised from the seed and pretrained on toy text (`llm_pretrain`),
+  as Vicuna arrives pretrained.
 
 They stand in for Vicuna and CLIP-L through the same code; only their sizes differ.
 """
@@ -27,6 +28,7 @@ from transformers import (
 )
 
 from pipeline.chat_format import DEFAULT_SYSTEM
+from pipeline.toy_world.llm_pretrain import LlmPretrainSpec, pretrain_llm
 from pipeline.toy_world.vision_pretrain import VisionPretrainSpec, pretrain_vision_tower
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
@@ -111,19 +113,26 @@ def build_llm(sizes: TinySizes, tokenizer: PreTrainedTokenizerFast, seed: int) -
 
 
 def build_tiny_models(
-    texts: Iterable[str], out_dir: Path, sizes: TinySizes, seed: int, vision_pretrain: VisionPretrainSpec
-) -> tuple[dict[str, Path], dict[str, float]]:
+    texts: Iterable[str],
+    out_dir: Path,
+    sizes: TinySizes,
+    seed: int,
+    vision_pretrain: VisionPretrainSpec,
+    llm_pretrain: LlmPretrainSpec,
+) -> tuple[dict[str, Path], dict[str, dict[str, float]]]:
     """Write `tokenizer/`, `vision/` and `llm/` (the LLM directory carries the tokenizer too, like Vicuna's).
 
-    Returns the paths and the vision tower's held-out probe accuracies after pretraining."""
+    Returns the paths and the held-out probe accuracies of the pretrained tower and LLM (`vision`, `llm`; empty
+    when a pretraining has 0 steps)."""
     tokenizer = train_tokenizer(texts, sizes.vocab_size)
     vision, image_processor = build_vision_tower(sizes, seed)
-    probe = pretrain_vision_tower(vision, vision_pretrain, seed) if vision_pretrain.steps else {}
+    probes = {"vision": pretrain_vision_tower(vision, vision_pretrain, seed) if vision_pretrain.steps else {}}
     llm = build_llm(sizes, tokenizer, seed)
+    probes["llm"] = pretrain_llm(llm, tokenizer, llm_pretrain, seed) if llm_pretrain.steps else {}
     paths = {"tokenizer": out_dir / "tokenizer", "vision_tower": out_dir / "vision", "llm": out_dir / "llm"}
     tokenizer.save_pretrained(paths["tokenizer"])
     vision.save_pretrained(paths["vision_tower"])
     image_processor.save_pretrained(paths["vision_tower"])
     llm.save_pretrained(paths["llm"])
     tokenizer.save_pretrained(paths["llm"])
-    return paths, probe
+    return paths, probes
