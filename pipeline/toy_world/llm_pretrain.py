@@ -38,10 +38,11 @@ log = logging.getLogger(__name__)
 SCENE_ID_BASE = 700_000_000
 HELD_OUT = 100  # questions per probed kind
 HELD_OUT_ID_OFFSET = 50_000_000  # past any training example's id
-# Existence and colour twice: they are the questions that need the named object matched against the scene.
+# Existence four times and colour twice: they are the questions that need the named object matched against the
+# scene. With existence 2 in 7, held-out existence was still at chance (0.44) after 800 steps on one seed; with 4 in
+# 9 it reached 0.63 at 200 steps and 0.76 at 600 on the same seed.
 QUESTIONS: tuple[lang.QAGenerator, ...] = (
-    lang.exists_qa,
-    lang.exists_qa,
+    *(lang.exists_qa,) * 4,
     lang.colour_qa,
     lang.colour_qa,
     lang.shape_qa,
@@ -164,7 +165,13 @@ def pretrain_llm(
         schedule.step()
         if step % 200 == 0 or step == spec.steps:
             rate = step * spec.batch_size / (time.perf_counter() - start)
-            log.info("tiny LLM step %d/%d (%.0f examples/s): loss %.3f", step, spec.steps, rate, loss.item())
-    metrics = probe(llm, tokenizer, seed)
-    log.info("tiny LLM after pretraining, held-out %s", metrics)
+            metrics = probe(llm, tokenizer, seed)
+            log.info(
+                "tiny LLM step %d/%d (%.0f examples/s): loss %.3f, held-out %s",
+                step,
+                spec.steps,
+                rate,
+                loss.item(),
+                metrics,
+            )
     return metrics
