@@ -20,9 +20,11 @@ from transformers import AutoTokenizer
 from data_gen.contexts import TYPES, USES_BOXES, ImageContext, Instance, format_context
 from data_gen.prefix import prompt_ids
 from data_gen.prompts import format_response, prompt_set
+from pipeline.chat_format import IGNORE_INDEX
 from pipeline.engines import Prompt
 from pipeline.io import staged_dir
 from pipeline.toy_world import language
+from pipeline.toy_world.llm_pretrain import Example, pad_batch
 from pipeline.toy_world.scenes import Scene, sample_scene
 from pipeline.toy_world.tiny_models import TinySizes, build_llm
 
@@ -83,8 +85,8 @@ def target(kind: str, scene: Scene, rng: random.Random) -> str:
     return format_response(kind, [language.complex_reasoning(scene, rng)])
 
 
-def training_examples(tokenizer: Any, spec: ToyTeacherSpec) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, response ids + eos), one per scene and type."""
+def training_examples(tokenizer: Any, spec: ToyTeacherSpec) -> list[Example]:
+    """(prompt + response + eos ids, labels on the response and eos only), one per scene and type."""
     prompts = prompt_set(spec.prompt_set)
     rng = random.Random(f"toy-teacher/{spec.seed}")
     out = []
@@ -94,21 +96,9 @@ def training_examples(tokenizer: Any, spec: ToyTeacherSpec) -> list[tuple[list[i
         for kind in TYPES:
             prompt = Prompt(messages=prompts.messages(kind, format_context(ctx, USES_BOXES[kind])))
             response = tokenizer(" " + target(kind, scene, rng), add_special_tokens=False)["input_ids"]
-            out.append((prompt_ids(tokenizer, prompt), response + [tokenizer.eos_token_id]))
+            context, answer = prompt_ids(tokenizer, prompt), response + [tokenizer.eos_token_id]
+            out.append((context + answer, [IGNORE_INDEX] * len(context) + answer))
     return out
-
-
-def _batch(examples: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(p) + len(r) for p, r in examples)
-    ids = torch.full((len(examples), width), pad_id)
-    labels = torch.full((len(examples), width), -100)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, (p, r) in enumerate(examples):
-        seq = p + r
-        ids[i, : len(seq)] = torch.tensor(seq)
-        labels[i, len(p) : len(seq)] = torch.tensor(r)
-        mask[i, : len(seq)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def train_toy_teacher(spec: ToyTeacherSpec) -> dict[str, Any]:
@@ -127,7 +117,7 @@ def train_toy_teacher(spec: ToyTeacherSpec) -> dict[str, Any]:
         llm_hidden=spec.hidden,
         llm_intermediate=spec.hidden * 8 // 3,
         llm_layers=spec.layers,
-        max_position_embeddings=max(1024, max(len(p) + len(r) for p, r in examples) + 512),
+        max_position_embeddings=max(1024, max(len(ids) for ids, _ in examples) + 512),
     )
     torch.manual_seed(spec.seed)
     model = build_llm(sizes, tokenizer, spec.seed)
@@ -139,7 +129,7 @@ def train_toy_teacher(spec: ToyTeacherSpec) -> dict[str, Any]:
     rng = random.Random(f"toy-teacher/{spec.seed}/order")
     loss = torch.tensor(0.0)
     for step in range(spec.steps):
-        batch = _batch(
+        batch = pad_batch(
             rng.sample(examples, spec.batch_size), tokenizer.pad_token_id or tokenizer.eos_token_id
         )
         loss = model(**batch).loss

@@ -48,7 +48,9 @@ def toy_world(tmp_path_factory) -> dict:
         per_source=SMALL_PER_SOURCE,
         vocab_size=512,
         vision_pretrain_steps=20,  # the path, not the learning (tests/test_vision_pretrain.py checks that)
-        llm_pretrain_steps=10,  # likewise (tests/test_llm_pretrain.py)
+        # A random LLM: tests use it as a stand-in teacher that must write tokens, and a pretrained one stops at
+        # once on prompts it never saw. The pretraining is tested in tests/test_llm_pretrain.py and test_toy_world.
+        llm_pretrain_steps=0,
     )
     return build_toy_world(out, spec)
 

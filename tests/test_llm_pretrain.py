@@ -13,9 +13,9 @@ from pipeline.chat_format import IGNORE_INDEX
 from pipeline.toy_world import language as lang
 from pipeline.toy_world.llm_pretrain import (
     LlmPretrainSpec,
-    _batch,
     _examples,
     chat_example,
+    pad_batch,
     plain_example,
     pretrain_llm,
     scene_words,
@@ -73,7 +73,7 @@ def test_examples_never_outnumber_what_training_draws(tok):
 def test_pretraining_changes_the_llm_and_lowers_its_loss(tok):
     llm = build_llm(TinySizes(llm_layers=2), tok, seed=5)
     spec = LlmPretrainSpec(steps=60, batch_size=8, examples=480, learning_rate=3e-3)
-    fixed = _batch(_examples(LlmPretrainSpec(steps=1, batch_size=16), tok, seed=99), tok.pad_token_id or 0)
+    fixed = pad_batch(_examples(LlmPretrainSpec(steps=1, batch_size=16), tok, seed=99), tok.pad_token_id or 0)
     with torch.no_grad():
         before = llm(**fixed).loss.item()
     probe = pretrain_llm(llm, tok, spec, seed=5)

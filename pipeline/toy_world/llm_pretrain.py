@@ -108,7 +108,8 @@ def _examples(spec: LlmPretrainSpec, tokenizer: PreTrainedTokenizerFast, seed: i
     return out
 
 
-def _batch(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+def pad_batch(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded `input_ids`, `labels` (padding ignored) and `attention_mask` for a causal LM."""
     width = max(len(ids) for ids, _ in examples)
     return {
         "input_ids": torch.tensor([ids + [pad_id] * (width - len(ids)) for ids, _ in examples]),
@@ -132,7 +133,7 @@ def probe(llm: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, seed: int) 
             qa = make(scene, rng)
             if qa is not None:
                 examples.append(chat_example(scene, rng, tokenizer, [qa]))
-        batch = _batch(examples, tokenizer.pad_token_id or 0)
+        batch = pad_batch(examples, tokenizer.pad_token_id or 0)
         logits = llm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         predicted, target = logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
         supervised = target != IGNORE_INDEX
@@ -158,7 +159,7 @@ def pretrain_llm(
     start = time.perf_counter()
     for step in range(1, spec.steps + 1):
         llm.train()
-        loss = llm(**_batch(rng.sample(examples, spec.batch_size), pad_id)).loss
+        loss = llm(**pad_batch(rng.sample(examples, spec.batch_size), pad_id)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
