@@ -1,5 +1,5 @@
-"""The tiny LLM's text pretraining: examples in the two templates with the scene's words in the image's place,
-and a run that changes the model and lowers its loss."""
+"""The tiny LLM's text pretraining: examples in the two templates with the scene laid out on the patch grid in
+the image's place, and a run that changes the model and lowers its loss."""
 
 from __future__ import annotations
 
@@ -12,18 +12,24 @@ from transformers import AutoTokenizer
 from pipeline.chat_format import IGNORE_INDEX
 from pipeline.toy_world import language as lang
 from pipeline.toy_world.llm_pretrain import (
+    NO_WORD,
     LlmPretrainSpec,
     _examples,
     chat_example,
-    pad_batch,
     plain_example,
     pretrain_llm,
-    scene_words,
+    scene_batch,
+    scene_positions,
+    word_id,
 )
 from pipeline.toy_world.scenes import Scene, Shape
 from pipeline.toy_world.tiny_models import TinySizes, build_llm
 
+GRID = 6
+# Padded to a 64-pixel square (8 rows above), the circle's centre (8, 16) is in patch row 1, column 0 and the
+# triangle's (37, 16) in row 1, column 3: positions 6 and 9 of the 6 x 6 grid.
 SCENE = Scene(1, 64, 48, (Shape("circle", "red", (1, 1, 14, 14)), Shape("triangle", "blue", (30, 1, 14, 14))))
+CENTRES = {6: ("circle", "red"), 9: ("triangle", "blue")}
 
 
 @pytest.fixture(scope="module")
@@ -35,31 +41,45 @@ def supervised_text(tok, ids, labels) -> str:
     return tok.decode([i for i, label in zip(ids, labels) if label != IGNORE_INDEX])
 
 
-def test_scene_words_name_every_shape_once_in_some_order():
-    words = scene_words(SCENE, random.Random(0))
-    assert words.startswith(" ")
-    assert sorted(words.strip().split()) == sorted(["red", "circle", "blue", "triangle"])
-    assert words.strip() in ("red circle blue triangle", "blue triangle red circle")
+def test_scene_positions_put_each_shape_whole_at_its_centre_patch(tok):
+    ids, added = scene_positions(SCENE, tok, GRID)
+    assert len(ids) == len(added) == GRID * GRID
+    for i in range(GRID * GRID):
+        if i in CENTRES:
+            kind, colour = CENTRES[i]
+            assert (ids[i], added[i]) == (word_id(tok, kind), word_id(tok, colour))
+        else:
+            assert (ids[i], added[i]) == (tok.unk_token_id, NO_WORD)
 
 
-def test_plain_example_supervises_the_caption_only(tok):
-    ids, labels = plain_example(SCENE, random.Random(1), tok)
-    first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+def test_scene_words_must_be_single_tokens(tok):
+    with pytest.raises(ValueError, match="splits 'circle triangle' into"):
+        word_id(tok, "circle triangle")
+
+
+def test_plain_example_is_the_scene_then_the_supervised_caption(tok):
+    example = plain_example(SCENE, random.Random(1), tok, GRID)
+    ids, labels = example.input_ids, example.labels
     assert ids[0] == tok.bos_token_id
-    assert sorted(tok.decode(ids[1:first]).split()) == sorted(["red", "circle", "blue", "triangle"])
-    assert all(label != IGNORE_INDEX for label in labels[first:])
+    assert (ids[1 : 1 + GRID * GRID], example.added[1 : 1 + GRID * GRID]) == scene_positions(SCENE, tok, GRID)
+    assert all(label == IGNORE_INDEX for label in labels[: 1 + GRID * GRID])
+    assert all(label != IGNORE_INDEX for label in labels[1 + GRID * GRID :])
+    assert all(a == NO_WORD for a in example.added[1 + GRID * GRID :])
     assert supervised_text(tok, ids, labels).endswith("\n")
 
 
-def test_chat_example_puts_the_words_where_the_image_goes_and_supervises_answers(tok):
+def test_chat_example_puts_the_scene_where_the_image_goes_and_supervises_answers(tok):
     qas = [("Is there a red circle in the image?", "yes"), ("What color is the triangle?", "blue")]
-    ids, labels = chat_example(SCENE, random.Random(2), tok, qas)
-    text = tok.decode(ids)
-    first_turn = text[text.index("USER:") :]
-    assert first_turn.split("\n")[0].split(":", 1)[1].split() in (
-        ["red", "circle", "blue", "triangle"],
-        ["blue", "triangle", "red", "circle"],
+    example = chat_example(SCENE, tok, qas, GRID)
+    ids, labels = example.input_ids, example.labels
+    user = tok.encode(" USER:", add_special_tokens=False)
+    slot = next(i + len(user) for i in range(len(ids)) if ids[i : i + len(user)] == user)
+    assert (ids[slot : slot + GRID * GRID], example.added[slot : slot + GRID * GRID]) == scene_positions(
+        SCENE, tok, GRID
     )
+    assert sum(a != NO_WORD for a in example.added) == len(CENTRES)
+    text = tok.decode(ids[slot + GRID * GRID :])
+    assert text.startswith("\nIs there a red circle in the image?")
     assert lang.SHORT_ANSWER_PROMPT in text and "What color is the triangle?" in text
     answers = supervised_text(tok, ids, labels)
     assert "yes" in answers and "blue" in answers and "circle" not in answers
@@ -67,17 +87,17 @@ def test_chat_example_puts_the_words_where_the_image_goes_and_supervises_answers
 
 def test_examples_never_outnumber_what_training_draws(tok):
     spec = LlmPretrainSpec(steps=3, batch_size=4, examples=1000)
-    assert len(_examples(spec, tok, seed=0)) == 12
+    assert len(_examples(spec, tok, seed=0, grid=GRID)) == 12
 
 
 def test_pretraining_changes_the_llm_and_lowers_its_loss(tok):
     llm = build_llm(TinySizes(llm_layers=2), tok, seed=5)
     spec = LlmPretrainSpec(steps=60, batch_size=8, examples=480, learning_rate=3e-3)
-    fixed = pad_batch(_examples(LlmPretrainSpec(steps=1, batch_size=16), tok, seed=99), tok.pad_token_id or 0)
+    fixed = _examples(LlmPretrainSpec(steps=1, batch_size=16), tok, seed=99, grid=GRID)
     with torch.no_grad():
-        before = llm(**fixed).loss.item()
-    probe = pretrain_llm(llm, tok, spec, seed=5)
+        before = llm(**scene_batch(llm, fixed, tok.pad_token_id or 0)).loss.item()
+    probe = pretrain_llm(llm, tok, spec, seed=5, grid=GRID)
     with torch.no_grad():
-        after = llm(**fixed).loss.item()
+        after = llm(**scene_batch(llm, fixed, tok.pad_token_id or 0)).loss.item()
     assert set(probe) == {"exists", "colour", "shape"} and all(0 <= v <= 1 for v in probe.values())
     assert after < before / 2, (before, after)
