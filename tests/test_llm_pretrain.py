@@ -72,7 +72,7 @@ def test_chat_example_puts_the_scene_where_the_image_goes_and_supervises_answers
     qas = [("Is there a red circle in the image?", "yes"), ("What color is the triangle?", "blue")]
     example = chat_example(SCENE, tok, qas, GRID)
     ids, labels = example.input_ids, example.labels
-    user = tok.encode(" USER:", add_special_tokens=False)
+    user = tok.encode(" USER: ", add_special_tokens=False)  # the text before the image slot
     slot = next(i + len(user) for i in range(len(ids)) if ids[i : i + len(user)] == user)
     assert (ids[slot : slot + GRID * GRID], example.added[slot : slot + GRID * GRID]) == scene_positions(
         SCENE, tok, GRID
