@@ -101,3 +101,8 @@ def test_pretraining_changes_the_llm_and_lowers_its_loss(tok):
         after = llm(**scene_batch(llm, fixed, tok.pad_token_id or 0)).loss.item()
     assert set(probe) == {"exists", "colour", "shape"} and all(0 <= v <= 1 for v in probe.values())
     assert after < before / 2, (before, after)
+
+
+def test_chat_example_without_a_question_is_refused(tok):
+    with pytest.raises(ValueError, match="at least one question"):
+        chat_example(SCENE, tok, [], GRID)

@@ -36,8 +36,9 @@ class ToyWorldSpec:
     vision_layers: int = 3
     llm_hidden: int = 128
     llm_layers: int = 4
+    llm_heads: int = 8
     vision_pretrain_steps: int = 2000
-    llm_pretrain_steps: int = 800
+    llm_pretrain_steps: int = 1600
 
     @property
     def sizes(self) -> TinySizes:
@@ -50,6 +51,7 @@ class ToyWorldSpec:
             llm_hidden=self.llm_hidden,
             llm_intermediate=self.llm_hidden * 8 // 3,
             llm_layers=self.llm_layers,
+            llm_heads=self.llm_heads,
         )
 
 
