@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = [
     "toy_world.coco_images=8",
     "toy_world.pretrain_images=8",
-    "toy_world.vocab_size=400",
+    "toy_world.vocab_size=512",  # enough merges for every colour and kind to be one token
     "toy_world.vision_pretrain_steps=10",
     "toy_world.llm_pretrain_steps=5",
     *(

@@ -91,11 +91,16 @@ def word_id(tokenizer: PreTrainedTokenizerFast, word: str) -> int:
     """The id of ` word`, which must be one token: a scene position holds exactly one colour and one kind."""
     ids = tokenizer.encode(f" {word}", add_special_tokens=False)
     if len(ids) != 1:
-        raise ValueError(f"the toy tokenizer splits {word!r} into {len(ids)} tokens; scene words must be one")
+        raise ValueError(
+            f"the toy tokenizer splits {word!r} into {len(ids)} tokens; scene words must be one "
+            "(raise toy_world.vocab_size)"
+        )
     return ids[0]
 
 
-def scene_positions(scene: Scene, tokenizer: PreTrainedTokenizerFast, grid: int) -> tuple[list[int], list[int]]:
+def scene_positions(
+    scene: Scene, tokenizer: PreTrainedTokenizerFast, grid: int
+) -> tuple[list[int], list[int]]:
     """(input_ids, added) for the `grid * grid` patches of the scene's padded square, in the vision tower's order:
     the kind word plus the colour word at the patch holding a shape's centre, `<unk>` alone elsewhere."""
     colours, kinds = (labels[0].tolist() for labels in centre_labels([scene], grid))
@@ -130,7 +135,10 @@ def plain_example(
     scene: Scene, rng: random.Random, tokenizer: PreTrainedTokenizerFast, grid: int
 ) -> SceneExample:
     """`<s>` + scene (context) + caption + newline (supervised): the `plain` template of projector pretraining."""
-    turns = [{"from": "human", "value": IMAGE_TOKEN}, {"from": "gpt", "value": lang.brief_caption(scene, rng)}]
+    turns = [
+        {"from": "human", "value": IMAGE_TOKEN},
+        {"from": "gpt", "value": lang.brief_caption(scene, rng)},
+    ]
     return _with_scene(turns, "plain", scene, tokenizer, grid)
 
 
@@ -159,7 +167,9 @@ def _examples(
             out.append(plain_example(scene, rng, tokenizer, grid))
         else:
             qas: list[lang.QA] = []
-            while not qas:  # every generator it drew may not apply to this scene; existence and count always do
+            while (
+                not qas
+            ):  # every generator it drew may not apply to this scene; existence and count always do
                 qas = lang.ask(scene, rng, QUESTIONS, rng.randint(1, spec.max_turns))
             out.append(chat_example(scene, tokenizer, qas, grid))
     return out
@@ -189,7 +199,9 @@ def scene_batch(
 
 
 @torch.no_grad()
-def probe(llm: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, seed: int, grid: int) -> dict[str, float]:
+def probe(
+    llm: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, seed: int, grid: int
+) -> dict[str, float]:
     """Held-out exact-match accuracy on one-question chats about fresh scenes, per question kind. An answer counts
     when every supervised token (the answer and its `</s>`) is the model's top choice: what greedy decoding says."""
     rng = random.Random(f"llm-pretrain/{seed}/held-out")
