@@ -128,9 +128,8 @@ def build_tiny_models(
     vision, image_processor = build_vision_tower(sizes, seed)
     probes = {"vision": pretrain_vision_tower(vision, vision_pretrain, seed) if vision_pretrain.steps else {}}
     llm = build_llm(sizes, tokenizer, seed)
-    grid = (
-        sizes.image_size // sizes.patch_size
-    )  # the tower's patches per side: the LLM reads scenes laid out so
+    # The tower's patches per side: the LLM's pretraining lays scenes out on the same grid.
+    grid = sizes.image_size // sizes.patch_size
     probes["llm"] = pretrain_llm(llm, tokenizer, llm_pretrain, seed, grid) if llm_pretrain.steps else {}
     paths = {"tokenizer": out_dir / "tokenizer", "vision_tower": out_dir / "vision", "llm": out_dir / "llm"}
     tokenizer.save_pretrained(paths["tokenizer"])
