@@ -168,10 +168,9 @@ def _examples(
         if rng.random() < spec.plain_fraction:
             out.append(plain_example(scene, rng, tokenizer, grid))
         else:
+            # Every generator drawn may not apply to this scene; existence and count always do, so this ends.
             qas: list[lang.QA] = []
-            while (
-                not qas
-            ):  # every generator it drew may not apply to this scene; existence and count always do
+            while not qas:
                 qas = lang.ask(scene, rng, QUESTIONS, rng.randint(1, spec.max_turns))
             out.append(chat_example(scene, tokenizer, qas, grid))
     return out
