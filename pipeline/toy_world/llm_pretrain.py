@@ -28,6 +28,7 @@ No image is involved, so reading images is still learned by the pipeline's own s
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -100,14 +101,20 @@ def word_id(tokenizer: PreTrainedTokenizerFast, word: str) -> int:
     return ids[0]
 
 
+@functools.lru_cache(maxsize=4)
+def _scene_word_ids(tokenizer: PreTrainedTokenizerFast) -> tuple[list[int], list[int]]:
+    """Ids of every colour and every kind, in `COLOURS` and `SHAPES` order; looked up once per tokenizer, not
+    once per example (a third of building the examples went to it)."""
+    return [word_id(tokenizer, c) for c in COLOURS], [word_id(tokenizer, k) for k in SHAPES]
+
+
 def scene_positions(
     scene: Scene, tokenizer: PreTrainedTokenizerFast, grid: int
 ) -> tuple[list[int], list[int]]:
     """(input_ids, added) for the `grid * grid` patches of the scene's padded square, in the vision tower's order:
     the kind word plus the colour word at the patch holding a shape's centre, `<unk>` alone elsewhere."""
     colours, kinds = (labels[0].tolist() for labels in centre_labels([scene], grid))
-    colour_ids = [word_id(tokenizer, c) for c in COLOURS]
-    kind_ids = [word_id(tokenizer, k) for k in SHAPES]
+    colour_ids, kind_ids = _scene_word_ids(tokenizer)
     ids = [tokenizer.unk_token_id if k == NONE else kind_ids[k - 1] for k in kinds]
     added = [NO_WORD if c == NONE else colour_ids[c - 1] for c in colours]
     return ids, added
