@@ -18,28 +18,28 @@ $(STAMP): pyproject.toml scripts/install.sh
 install: $(STAMP)  ## create .venv and install the project (CPU torch without CUDA)
 
 demo: $(STAMP)  ## run the whole pipeline on the toy world, outputs under outputs/demo/
-	$(PY) -m pipeline experiment=demo $(ARGS)
+	$(PY) -m firellava experiment=demo $(ARGS)
 
 toy-world: $(STAMP)  ## build only the toy world (data + tiny models)
-	$(PY) -m pipeline experiment=demo stages=[toy_world] $(ARGS)
+	$(PY) -m firellava experiment=demo stages=[toy_world] $(ARGS)
 
 datagen: $(STAMP)  ## COCO captions + boxes -> LLaVA-Instruct-style conversations from the teacher (stage datagen)
-	$(PY) -m pipeline stages=[datagen] $(ARGS)
+	$(PY) -m firellava stages=[datagen] $(ARGS)
 
 mix: $(STAMP)  ## the permissive mix + generated data, with manifest and data card (stage mix)
-	$(PY) -m pipeline stages=[mix] $(ARGS)
+	$(PY) -m firellava stages=[mix] $(ARGS)
 
 serve: $(STAMP)  ## serve a checkpoint on an OpenAI-compatible API (default: the demo's finetuned model)
-	$(PY) -m serve experiment=demo $(ARGS)
+	$(PY) -m firellava.serve experiment=demo $(ARGS)
 
 pretrain: $(STAMP)  ## projector pretraining through the deepspeed launcher (ZeRO-2; train.num_gpus processes)
-	$(PY) -m pipeline stages=[pretrain] $(ARGS)
+	$(PY) -m firellava stages=[pretrain] $(ARGS)
 
 finetune: $(STAMP)  ## instruction tuning through the deepspeed launcher (ZeRO-3), writes an HF Llava dir
-	$(PY) -m pipeline stages=[finetune] $(ARGS)
+	$(PY) -m firellava stages=[finetune] $(ARGS)
 
 eval: $(STAMP)  ## the LLaVA-1.5 benchmarks on a checkpoint (eval.checkpoint=..., eval.benchmarks=[...])
-	$(PY) -m pipeline stages=[eval] $(ARGS)
+	$(PY) -m firellava stages=[eval] $(ARGS)
 
 test: $(STAMP)  ## unit + integration tests on CPU (gpu-marked tests skip without CUDA)
 	$(PY) -m pytest -q $(ARGS)

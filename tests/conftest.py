@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def toy_world(tmp_path_factory) -> dict:
     """The toy world stage's summary entry for a small world (data + tiny models)."""
-    from pipeline.toy_world.build import ToyWorldSpec, build_toy_world
+    from firellava.toy.stage import ToyWorldSpec, build_toy_world
 
     out = tmp_path_factory.mktemp("world") / "toy_world"
     spec = ToyWorldSpec(
@@ -59,7 +59,7 @@ def toy_world(tmp_path_factory) -> dict:
 def tokenizer(toy_world):
     from transformers import AutoTokenizer
 
-    from pipeline.model_builder import add_special_tokens
+    from firellava.core.model_builder import add_special_tokens
 
     tok = AutoTokenizer.from_pretrained(toy_world["models"]["tokenizer"])
     add_special_tokens(tok)
@@ -68,7 +68,7 @@ def tokenizer(toy_world):
 
 @pytest.fixture(scope="session")
 def tiny_llava(toy_world):
-    from pipeline.model_builder import ModelSpec, build_llava
+    from firellava.core.model_builder import ModelSpec, build_llava
 
     spec = ModelSpec(vision_tower=toy_world["models"]["vision_tower"], llm=toy_world["models"]["llm"])
     return build_llava(spec)

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from pipeline.chat_format import (
+from firellava.core.chat_format import (
     CHAT_TEMPLATE,
     DEFAULT_SYSTEM,
     IGNORE_INDEX,

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from pipeline.stages import STAGES, resolve
+from firellava.stages import STAGES, resolve
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -94,7 +94,7 @@ def test_demo_points_at_the_toy_world():
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "firellava", *args], cwd=REPO, capture_output=True, text=True, timeout=120
     )
 
 

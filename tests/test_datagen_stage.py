@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from data_gen.stage import DatagenSpec, Sources, Teacher, WandbSpec, generate_dataset
-from data_gen.toy_teacher import LLAMA2_CHAT_TEMPLATE
-from pipeline.engines import SamplingParams, build_engine
+from firellava.datagen.stage import DatagenSpec, Sources, Teacher, WandbSpec, generate_dataset
+from firellava.engines import SamplingParams, build_engine
+from firellava.toy.teacher import LLAMA2_CHAT_TEMPLATE
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = {"conversation": 8, "detail": 6, "complex_reasoning": 8}
@@ -165,7 +165,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_records(reference, toy_world
     cmd = [
         sys.executable,
         "-m",
-        "pipeline",
+        "firellava",
         "stages=[datagen]",
         f"paths.output_dir={tmp_path}",
         f"paths.coco_instances={toy_world['coco_instances']}",

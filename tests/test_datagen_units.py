@@ -10,13 +10,20 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from data_gen.contexts import ImageContext, Instance, format_box, format_context, load_contexts, select_work
-from data_gen.generate import chunks, shard_work
-from data_gen.parse import REJECT_REASONS, ParseRules, Rejected, parse_generation, to_turns
-from data_gen.prefix import prompt_ids, shared_prefix
-from data_gen.prompts import LLAVA, TOY, format_response
-from data_gen.toy_teacher import LLAMA2_CHAT_TEMPLATE
-from pipeline.engines import Prompt
+from firellava.datagen.contexts import (
+    ImageContext,
+    Instance,
+    format_box,
+    format_context,
+    load_contexts,
+    select_work,
+)
+from firellava.datagen.generate import chunks, shard_work
+from firellava.datagen.parse import REJECT_REASONS, ParseRules, Rejected, parse_generation, to_turns
+from firellava.datagen.prefix import prompt_ids, shared_prefix
+from firellava.datagen.prompts import LLAVA, TOY, format_response
+from firellava.engines import Prompt
+from firellava.toy.teacher import LLAMA2_CHAT_TEMPLATE
 
 RULES = ParseRules()
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from data_gen.prompts import TOY
-from data_gen.toy_teacher import LLAMA2_CHAT_TEMPLATE
-from pipeline.engines import Prompt, SamplingParams, build_engine
+from firellava.datagen.prompts import TOY
+from firellava.engines import Prompt, SamplingParams, build_engine
+from firellava.toy.teacher import LLAMA2_CHAT_TEMPLATE
 
 pytestmark = pytest.mark.gpu
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from pipeline.engines import Prompt, SamplingParams, build_engine
+from firellava.engines import Prompt, SamplingParams, build_engine
 
 
 @pytest.fixture(scope="module")
 def llava_dir(tiny_llava, tmp_path_factory):
-    from pipeline.model_builder import save_llava
+    from firellava.core.model_builder import save_llava
 
     model, processor = tiny_llava
     return str(save_llava(model, processor, tmp_path_factory.mktemp("engine") / "llava"))

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from eval.benchmarks import Question, get_benchmark
-from eval.benchmarks.base import OPTION_LETTER
-from eval.benchmarks.choice import (
+from firellava.eval.benchmarks import Question, get_benchmark
+from firellava.eval.benchmarks.base import OPTION_LETTER
+from firellava.eval.benchmarks.choice import (
     CIRCULAR_STRIDE,
     MMBench,
     can_infer_option,
     extract_option,
     scienceqa_choice,
 )
-from eval.benchmarks.yesno import MME, POPE, binary_metrics, mme_yes_no, pope_yes_no
-from eval.judge import parse_correctness, parse_score_pair
-from eval.normalize import evalai_normalize, m4c_vqa_accuracy, official_vqa_accuracy
+from firellava.eval.benchmarks.yesno import MME, POPE, binary_metrics, mme_yes_no, pope_yes_no
+from firellava.eval.judge import parse_correctness, parse_score_pair
+from firellava.eval.normalize import evalai_normalize, m4c_vqa_accuracy, official_vqa_accuracy
 
 
 @pytest.mark.parametrize(
@@ -175,7 +175,7 @@ def test_judge_parsing():
 
 
 def test_missing_answer_and_unknown_benchmark(tmp_path):
-    from eval.benchmarks import MissingAnswerError
+    from firellava.eval.benchmarks import MissingAnswerError
 
     with pytest.raises(MissingAnswerError, match="question_id '2'"):
         get_benchmark("gqa", tmp_path).score([q(1, answer="a"), q(2, answer="b")], {"1": "a"})
@@ -190,7 +190,7 @@ class ScriptedJudgeEngine:
         self.model_name, self.reply, self.prompts, self.seen = model_name, reply, 0, []
 
     def generate(self, prompts, params):
-        from pipeline.engines import Generation
+        from firellava.engines import Generation
 
         self.prompts += len(prompts)
         self.seen += [p.messages[-1]["content"] for p in prompts]
@@ -226,7 +226,7 @@ def woof_judge(name):
 
 
 def test_mmbench_judge_maps_an_answer_without_letter(tmp_path):
-    from eval.judge import Judge
+    from firellava.eval.judge import Judge
 
     questions, answers = mmbench_case()
     bench = MMBench(tmp_path)
@@ -252,9 +252,9 @@ def test_mmbench_judge_maps_an_answer_without_letter(tmp_path):
 
 
 def test_judge_reviews_are_cached_per_judge_and_prompt(tmp_path):
-    from eval.answers import ReviewCache
-    from eval.benchmarks.judged import LLaVABench
-    from eval.judge import Judge
+    from firellava.eval.answers import ReviewCache
+    from firellava.eval.benchmarks.judged import LLaVABench
+    from firellava.eval.judge import Judge
 
     path = tmp_path / "reviews" / "mmbench.jsonl"
     questions, answers = mmbench_case()

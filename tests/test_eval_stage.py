@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from eval.answers import ForeignAnswersError
-from eval.benchmarks import BENCHMARKS, MissingAnswerError
-from eval.stage import EvalSpec, evaluate
+from firellava.eval.answers import ForeignAnswersError
+from firellava.eval.benchmarks import BENCHMARKS, MissingAnswerError
+from firellava.eval.stage import EvalSpec, evaluate
 
 ENGINE = {
     "backend": "transformers",
@@ -22,7 +22,7 @@ ENGINE = {
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_llava, tmp_path_factory):
-    from pipeline.model_builder import save_llava
+    from firellava.core.model_builder import save_llava
 
     model, processor = tiny_llava
     return save_llava(model, processor, tmp_path_factory.mktemp("eval") / "finetune")

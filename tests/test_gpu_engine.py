@@ -6,14 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.engines import Prompt, SamplingParams, build_engine
+from firellava.engines import Prompt, SamplingParams, build_engine
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
 def llava_dir(tiny_llava, tmp_path_factory):
-    from pipeline.model_builder import save_llava
+    from firellava.core.model_builder import save_llava
 
     model, processor = tiny_llava
     return str(save_llava(model, processor, tmp_path_factory.mktemp("gpu") / "llava"))

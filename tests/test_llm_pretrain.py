@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from pipeline.chat_format import IGNORE_INDEX
-from pipeline.toy_world import language as lang
-from pipeline.toy_world.llm_pretrain import (
+from firellava.core.chat_format import IGNORE_INDEX
+from firellava.toy import language as lang
+from firellava.toy.llm_pretrain import (
     NO_WORD,
     LlmPretrainSpec,
     _examples,
@@ -22,8 +22,8 @@ from pipeline.toy_world.llm_pretrain import (
     scene_positions,
     word_id,
 )
-from pipeline.toy_world.scenes import Scene, Shape
-from pipeline.toy_world.tiny_models import TinySizes, build_llm
+from firellava.toy.scenes import Scene, Shape
+from firellava.toy.tiny_models import TinySizes, build_llm
 
 GRID = 6
 # Padded to a 64-pixel square (8 rows above), the circle's centre (8, 16) is in patch row 1, column 0 and the

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from data_gen.mix import run
-from data_gen.mix_io import JsonListReader
-from data_gen.sources import Classifier, load_registry
-from pipeline.io import read_json, sha256_file
-from pipeline.toy_world.data import build_toy_data
+from firellava.core.io import read_json, sha256_file
+from firellava.mix.io import JsonListReader
+from firellava.mix.sources import Classifier, load_registry
+from firellava.mix.stage import run
+from firellava.toy.data import build_toy_data
 
 REPO = Path(__file__).resolve().parents[1]
 PER_SOURCE = {
@@ -300,7 +300,7 @@ def test_generated_records_of_every_datagen_shard(out):
 
 def test_cli_records_the_stage_in_summary(out):
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "stages=[mix]", f"paths.output_dir={out}", "mix.image_workers=1"],
+        [sys.executable, "-m", "firellava", "stages=[mix]", f"paths.output_dir={out}", "mix.image_workers=1"],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from data_gen.mix_io import JsonListReader
-from pipeline.io import iter_jsonl, sha256_file
+from firellava.core.io import iter_jsonl, sha256_file
+from firellava.mix.io import JsonListReader
 
 RECORDS = [
     {"id": str(i), "value": "é東😀x" * random.Random(i).randint(0, 40), "n": [1, 2.5, None]}

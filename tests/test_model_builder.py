@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-from pipeline.chat_format import render
-from pipeline.model_builder import (
+from firellava.core.chat_format import render
+from firellava.core.model_builder import (
     ModelSpec,
     build_processor,
     llava_config,

@@ -11,9 +11,9 @@ import openai
 import pytest
 from PIL import Image
 
-from pipeline.engines import Prompt, SamplingParams, build_engine
-from serve.process import ServerProcess
-from serve.settings import FetchPolicy, Limits, ServerSettings
+from firellava.engines import Prompt, SamplingParams, build_engine
+from firellava.serve.process import ServerProcess
+from firellava.serve.settings import FetchPolicy, Limits, ServerSettings
 from tests.serve_helpers import ImageServer, png
 
 KEY = "test-key"
@@ -36,7 +36,7 @@ def user(text: str, *urls: str) -> dict:
 
 @pytest.fixture(scope="module")
 def llava_dir(tiny_llava, tmp_path_factory):
-    from pipeline.model_builder import save_llava
+    from firellava.core.model_builder import save_llava
 
     model, processor = tiny_llava
     return str(save_llava(model, processor, tmp_path_factory.mktemp("serve") / "llava"))

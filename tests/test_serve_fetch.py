@@ -10,9 +10,9 @@ import ipaddress
 import pytest
 from PIL import Image
 
-from serve.errors import APIError
-from serve.images import decode_data_uri, forbidden_reason, load_image, make_client, open_image
-from serve.settings import FetchPolicy
+from firellava.serve.errors import APIError
+from firellava.serve.images import decode_data_uri, forbidden_reason, load_image, make_client, open_image
+from firellava.serve.settings import FetchPolicy
 from tests.serve_helpers import ImageServer, png
 
 DEFAULT = FetchPolicy()

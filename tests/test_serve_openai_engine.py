@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from pipeline.engines import Prompt, SamplingParams, build_engine
-from pipeline.engines.openai_engine import OpenAIEngineError
+from firellava.engines import Prompt, SamplingParams, build_engine
+from firellava.engines.openai_engine import OpenAIEngineError
 
 
 class FlakyEndpoint:

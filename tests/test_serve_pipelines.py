@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from data_gen.stage import DatagenSpec, Teacher, generate_dataset
-from data_gen.toy_teacher import ToyTeacherSpec, train_toy_teacher
-from eval.stage import EvalSpec, evaluate
-from pipeline.engines import SamplingParams, build_engine
-from serve.process import ServerProcess
-from serve.settings import ServerSettings
+from firellava.datagen.stage import DatagenSpec, Teacher, generate_dataset
+from firellava.engines import SamplingParams, build_engine
+from firellava.eval.stage import EvalSpec, evaluate
+from firellava.serve.process import ServerProcess
+from firellava.serve.settings import ServerSettings
+from firellava.toy.teacher import ToyTeacherSpec, train_toy_teacher
 from tests.test_datagen_stage import TYPES, outputs, sources
 
 SERIAL_CPU = {"device": "cpu", "dtype": "float32", "batch_size": 1}
@@ -123,7 +123,7 @@ def answers(out: Path, model_name: str) -> dict[str, dict[str, str]]:
 
 
 def test_eval_through_the_server_matches_in_process(tiny_llava, tmp_path):
-    from pipeline.model_builder import save_llava
+    from firellava.core.model_builder import save_llava
 
     model, processor = tiny_llava
     checkpoint = save_llava(model, processor, tmp_path / "finetune")

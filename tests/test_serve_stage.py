@@ -8,15 +8,15 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from pipeline.io import read_json
-from pipeline.stages import resolve
-from pipeline.summary import record_stage
+from firellava.core.io import read_json
+from firellava.stages import resolve
+from firellava.summary import record_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_serve_stage_answers_one_chat_request(tiny_llava, tmp_path, capsys):
-    from pipeline.model_builder import save_llava
+    from firellava.core.model_builder import save_llava
 
     model, processor = tiny_llava
     checkpoint = save_llava(model, processor, tmp_path / "out" / "finetune")
@@ -37,7 +37,13 @@ def test_serve_stage_answers_one_chat_request(tiny_llava, tmp_path, capsys):
 
 def test_cli_refuses_a_missing_checkpoint(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "serve", f"paths.output_dir={tmp_path}", f"serve.model={tmp_path}/none"],
+        [
+            sys.executable,
+            "-m",
+            "firellava.serve",
+            f"paths.output_dir={tmp_path}",
+            f"serve.model={tmp_path}/none",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

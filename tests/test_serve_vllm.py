@@ -7,15 +7,15 @@ import asyncio
 import pytest
 from PIL import Image
 
-from pipeline.engines.base import Generation, Prompt, SamplingParams
+from firellava.engines.base import Generation, Prompt, SamplingParams
 
 pytestmark = pytest.mark.gpu
 
 
 def test_vllm_adapter_generates_and_streams(tiny_llava, tmp_path):
     pytest.importorskip("vllm")
-    from pipeline.model_builder import save_llava
-    from serve.vllm_adapter import VLLMServeEngine
+    from firellava.core.model_builder import save_llava
+    from firellava.serve.vllm_adapter import VLLMServeEngine
 
     model, processor = tiny_llava
     path = str(save_llava(model, processor, tmp_path / "llava"))

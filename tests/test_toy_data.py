@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from pipeline.toy_world import language as lang
-from pipeline.toy_world.data import DEFAULT_PER_SOURCE, SOURCES, ToyData, build_toy_data
-from pipeline.toy_world.scenes import COLOURS, SHAPES, draw_scene, sample_scene
+from firellava.toy import language as lang
+from firellava.toy.data import DEFAULT_PER_SOURCE, SOURCES, ToyData, build_toy_data
+from firellava.toy.scenes import COLOURS, SHAPES, draw_scene, sample_scene
 
 PER_SOURCE = {
     "llava_instruct": 8,

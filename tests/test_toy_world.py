@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pycocotools.coco import COCO
 
-from pipeline.io import sha256_file
+from firellava.core.io import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -29,7 +29,7 @@ def run_stage(output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [
         sys.executable,
         "-m",
-        "pipeline",
+        "firellava",
         "stages=[toy_world]",
         f"paths.output_dir={output_dir}",
         *SMALL,

@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.chat_format import IGNORE_INDEX
-from train.data import Collator, DataError, EncodingSpec, LlavaDataset, encode_record
-from train.sampler import modality_length_grouped_indices
-from train.spec import batch_plan
-from train.worker import consume_local_rank
+from firellava.core.chat_format import IGNORE_INDEX
+from firellava.train.data import Collator, DataError, EncodingSpec, LlavaDataset, encode_record
+from firellava.train.sampler import modality_length_grouped_indices
+from firellava.train.spec import batch_plan
+from firellava.train.worker import consume_local_rank
 
 SEQ = 36  # image tokens per image in the test spec
 

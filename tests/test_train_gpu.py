@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.engines import build_engine
-from pipeline.engines.base import Prompt, SamplingParams
+from firellava.engines import build_engine
+from firellava.engines.base import Prompt, SamplingParams
+from firellava.train.export import RESULT_FILE
+from firellava.train.launch import run_finetune, run_pretrain
 from tests.test_train_stages import tiny_cfg
-from train.export import RESULT_FILE
-from train.launch import run_finetune, run_pretrain
 
 pytestmark = pytest.mark.gpu
 

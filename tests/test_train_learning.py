@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.toy_world.build import ToyWorldSpec, build_toy_world
+from firellava.toy.heldout import heldout_accuracy, named_object_questions
+from firellava.toy.stage import ToyWorldSpec, build_toy_world
+from firellava.train.launch import run_finetune, run_pretrain
 from tests.conftest import SMALL_PER_SOURCE
 from tests.test_train_stages import tiny_cfg
-from train.heldout import heldout_accuracy, named_object_questions
-from train.launch import run_finetune, run_pretrain
 
 # The session's small world, with the short-answer data that grounds answers in the image.
 PER_SOURCE = {**SMALL_PER_SOURCE, "llava_instruct": 8, "vqav2": 600, "gqa": 200}

@@ -14,12 +14,12 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 from transformers import AutoProcessor, CLIPVisionModel, LlamaForCausalLM
 
-from pipeline.chat_format import render
-from pipeline.engines import build_engine
-from pipeline.engines.base import Prompt, SamplingParams
-from pipeline.model_builder import load_llava
-from train.export import PROJECTOR_FILE, RESULT_FILE
-from train.launch import run_finetune, run_pretrain
+from firellava.core.chat_format import render
+from firellava.core.model_builder import load_llava
+from firellava.engines import build_engine
+from firellava.engines.base import Prompt, SamplingParams
+from firellava.train.export import PROJECTOR_FILE, RESULT_FILE
+from firellava.train.launch import run_finetune, run_pretrain
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.toy_world.scenes import COLOURS, SHAPES, Scene, Shape
-from pipeline.toy_world.tiny_models import TinySizes, build_vision_tower
-from pipeline.toy_world.vision_pretrain import (
+from firellava.toy.scenes import COLOURS, SHAPES, Scene, Shape
+from firellava.toy.tiny_models import TinySizes, build_vision_tower
+from firellava.toy.vision_pretrain import (
     NONE,
     VisionPretrainSpec,
     centre_labels,

@@ -1,0 +1,275 @@
+"""The datagen stage: COCO captions (+ boxes) -> LLaVA-Instruct-style conversations from an open, text-only LLM.
+
+`run(cfg)` turns the `data_gen`, `teacher` and `engine` subtrees into typed arguments; `generate_dataset` below
+never sees a DictConfig. Outputs under `paths.datagen_dir` (or its `shard-i-of-n/` for one shard of many):
+`conversation.jsonl`, `detail.jsonl`, `complex_reasoning.jsonl`, `rejected.jsonl`, `stats.json`, `DATACARD.md`,
+and `parts/` (raw generations, the resume journal).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from firellava.datagen.contexts import TYPES, load_contexts, select_work
+from firellava.datagen.generate import (
+    check_manifest,
+    chunks,
+    generate_chunks,
+    manifest,
+    prompt_for,
+    read_parts,
+    shard_work,
+)
+from firellava.datagen.outputs import Provenance, build_records, compute_stats, write_outputs
+from firellava.datagen.parse import ParseRules
+from firellava.datagen.prefix import shared_prefix
+from firellava.datagen.prompts import prompt_set
+from firellava.engines import Engine, SamplingParams, build_engine
+
+log = logging.getLogger(__name__)
+
+SAMPLING_KEYS = ("max_tokens", "temperature", "top_p")  # the rest of the engine group builds the engine
+
+
+@dataclass(frozen=True)
+class WandbSpec:
+    enabled: bool = False
+    project: str = "firellava"
+    run_name: str | None = None
+    samples: int = 8
+
+
+@dataclass(frozen=True)
+class DatagenSpec:
+    counts: dict[str, int]
+    prompt_set: str = "llava"
+    box_decimals: int = 3
+    seed: int = 42
+    shard_index: int = 0
+    num_shards: int = 1
+    chunk_size: int = 256  # generations per committed part; also the batch handed to the engine at once
+    stop: list[str] = field(default_factory=list)
+    prefix_sample: int = 32  # prompts per type tokenized to measure the shared prefix
+    overwrite: bool = False
+    rules: ParseRules = field(default_factory=ParseRules)
+    wandb: WandbSpec = field(default_factory=WandbSpec)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.counts) - set(TYPES)
+        if unknown:
+            raise ValueError(f"data_gen.counts has unknown type(s) {sorted(unknown)}; known: {list(TYPES)}")
+
+
+@dataclass(frozen=True)
+class Teacher:
+    model: str
+    license: str
+    commercial_use: bool
+    name: str | None = None
+    max_model_len: int | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.model
+
+
+@dataclass(frozen=True)
+class Sources:
+    coco_instances: str
+    coco_captions: str
+    coco_images: str
+    image_folder: str
+
+    def image_prefix(self) -> str:
+        rel = os.path.relpath(Path(self.coco_images).resolve(), Path(self.image_folder).resolve())
+        if rel.startswith(".."):
+            raise ValueError(
+                f"paths.coco_images {self.coco_images} is not under paths.image_folder {self.image_folder}"
+            )
+        return "" if rel == "." else Path(rel).as_posix()
+
+
+def output_dir(datagen_dir: str | Path, spec: DatagenSpec) -> Path:
+    base = Path(datagen_dir)
+    if spec.num_shards == 1:
+        return base
+    return base / f"shard-{spec.shard_index:05d}-of-{spec.num_shards:05d}"
+
+
+def _teacher_tokenizer(engine: Engine | None, teacher: Teacher) -> Any:
+    if engine is not None and hasattr(engine, "tokenizer"):
+        return engine.tokenizer
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(teacher.model)
+
+
+def generate_dataset(
+    spec: DatagenSpec,
+    teacher: Teacher,
+    sources: Sources,
+    engine_factory: Callable[[], Engine],
+    params: SamplingParams,
+    out_dir: Path,
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    out_dir = Path(out_dir).resolve()
+    prompts = prompt_set(spec.prompt_set)
+    coco = load_contexts(sources.coco_instances, sources.coco_captions)
+    image_prefix = sources.image_prefix()
+    work = shard_work(
+        select_work(list(coco.contexts), spec.counts, spec.seed), spec.shard_index, spec.num_shards
+    )
+    todo = chunks(work, spec.chunk_size)
+    parts = out_dir / "parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    check_manifest(
+        parts,
+        manifest(
+            teacher=teacher.model,
+            prompt_set=prompts.name,
+            sampling=params,
+            counts=spec.counts,
+            seed=spec.seed,
+            shard=[spec.shard_index, spec.num_shards],
+            chunk_size=spec.chunk_size,
+            box_decimals=spec.box_decimals,
+            coco=[str(sources.coco_instances), str(sources.coco_captions)],
+        ),
+        spec.overwrite,
+    )
+    built: list[Engine] = []
+
+    def engine_once() -> Engine:
+        if not built:
+            log.info("datagen: loading teacher %s", teacher.display_name)
+            built.append(engine_factory())
+        return built[0]
+
+    run_info = generate_chunks(
+        todo,
+        coco.contexts,
+        engine_once,
+        params,
+        prompts,
+        parts,
+        box_decimals=spec.box_decimals,
+        seed=spec.seed,
+        rules=spec.rules,
+    )
+    rows = read_parts(parts, todo)
+    provenance = Provenance(teacher.display_name, teacher.license, teacher.commercial_use)
+    records, rejected = build_records(rows, coco.contexts, image_prefix, provenance, spec.rules)
+    by_type = {
+        kind: [
+            prompt_for(w, coco.contexts[w.image_id], prompts, spec.box_decimals)
+            for w in work
+            if w.type == kind
+        ][: spec.prefix_sample]
+        for kind in TYPES
+    }
+    prefix = shared_prefix(_teacher_tokenizer(built[0] if built else None, teacher), by_type)
+    requested = {kind: sum(w.type == kind for w in work) for kind in TYPES}
+    stats = compute_stats(
+        rows,
+        records,
+        rejected,
+        requested,
+        prefix,
+        extra={
+            "teacher": {
+                "model": teacher.display_name,
+                "license": teacher.license,
+                "commercial_use": teacher.commercial_use,
+            },
+            "prompt_set": prompts.name,
+            "sampling": asdict(params),
+            "seed": spec.seed,
+            "shard": {"index": spec.shard_index, "count": spec.num_shards},
+            "coco": {"images": len(coco.contexts), "images_without_captions": len(coco.without_captions)},
+            "this_run": {k: round(v, 3) if isinstance(v, float) else v for k, v in run_info.items()},
+        },
+    )
+    write_outputs(out_dir, records, rejected, stats, prompts)
+    if spec.wandb.enabled:
+        _log_wandb(spec.wandb, stats, records)
+    log.info(
+        "datagen: %d requested, %d generated, %d parsed, rejected %s -> %s",
+        stats["requested"],
+        stats["generated"],
+        stats["parsed"],
+        {k: v for k, v in stats["rejected"].items() if v},
+        out_dir,
+    )
+    failed = sum(n for reason, n in stats["rejected"].items() if reason != "duplicate")
+    return {
+        "dir": str(out_dir),
+        "requested": stats["requested"],
+        "generated": stats["generated"],
+        "parsed": stats["parsed"],
+        "rejected": stats["rejected"],
+        # The parser's acceptance rate: duplicates parse fine and are a later filter, not a parse failure.
+        "parse_rate": round(1 - failed / stats["generated"], 4) if stats["generated"] else None,
+        "per_type": {k: v["parsed"] for k, v in stats["per_type"].items()},
+        "shared_prefix_fraction": stats["shared_prefix_fraction"],
+        "output_tokens_per_s": stats["output_tokens_per_s"],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _log_wandb(spec: WandbSpec, stats: Mapping[str, Any], records: Mapping[str, list[dict]]) -> None:
+    import wandb
+
+    run = wandb.init(project=spec.project, name=spec.run_name, job_type="datagen", config={"stats": stats})
+    flat = {k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    flat.update({f"rejected/{k}": v for k, v in stats["rejected"].items()})
+    run.log(flat)
+    table = wandb.Table(columns=["id", "type", "conversation"])
+    for kind in TYPES:
+        for r in records[kind][: spec.samples]:
+            text = "\n\n".join(f"{t['from']}: {t['value']}" for t in r["conversations"])
+            table.add_data(r["id"], kind, text)
+    run.log({"samples": table})
+    run.finish()
+
+
+def run(cfg) -> dict[str, Any]:
+    spec: DatagenSpec = instantiate(cfg.data_gen, _convert_="all")
+    teacher_cfg = OmegaConf.to_container(cfg.teacher, resolve=True)
+    toy_training = teacher_cfg.pop("train", None)
+    teacher = Teacher(**teacher_cfg)
+    sources = Sources(
+        coco_instances=cfg.paths.coco_instances,
+        coco_captions=cfg.paths.coco_captions,
+        coco_images=cfg.paths.coco_images,
+        image_folder=cfg.paths.image_folder,
+    )
+    engine_cfg = OmegaConf.to_container(cfg.engine, resolve=True)
+    backend = engine_cfg.pop("backend")
+    params = SamplingParams(
+        **{k: engine_cfg.pop(k) for k in SAMPLING_KEYS if k in engine_cfg},
+        stop=tuple(spec.stop),
+        seed=spec.seed,
+    )
+    if backend == "vllm" and teacher.max_model_len:
+        engine_cfg.setdefault("max_model_len", teacher.max_model_len)
+    summary: dict[str, Any] = {}
+    if toy_training is not None:
+        from firellava.toy.teacher import ToyTeacherSpec, train_toy_teacher
+
+        summary["teacher_training"] = train_toy_teacher(ToyTeacherSpec(**toy_training))
+
+    def factory() -> Engine:
+        return build_engine(backend, model=teacher.model, model_name=teacher.display_name, **engine_cfg)
+
+    out = generate_dataset(spec, teacher, sources, factory, params, output_dir(cfg.paths.datagen_dir, spec))
+    return {**out, **summary}

@@ -1,0 +1,65 @@
+"""The engine interface: a batch of prompts in, one generation per prompt out, with token counts."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from PIL import Image
+
+# backend name -> "module:class"; a backend's module is imported only when it is used (vLLM needs a GPU).
+BACKENDS = {
+    "transformers": "firellava.engines.transformers_engine:TransformersEngine",
+    "openai": "firellava.engines.openai_engine:OpenAIEngine",
+    "vllm": "firellava.engines.vllm_engine:VLLMEngine",
+}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Either chat `messages` (rendered by the model's own chat template) or a raw `text` prompt.
+
+    `<image>` marks in the text or `{"type": "image"}` parts in messages take `images` in order.
+    """
+
+    messages: Sequence[dict[str, Any]] | None = None
+    text: str | None = None
+    images: Sequence[Image.Image] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.text is None):
+            raise ValueError("a Prompt needs exactly one of messages or text")
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_tokens reached)
+
+
+class Engine(Protocol):
+    model_name: str
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
+        """One generation per prompt, in order."""
+        ...
+
+
+def build_engine(backend: str, **options: Any) -> Engine:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown engine backend {backend!r}; known: {', '.join(BACKENDS)}")
+    module, cls = BACKENDS[backend].split(":")
+    return getattr(importlib.import_module(module), cls)(**options)

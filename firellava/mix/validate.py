@@ -1,0 +1,127 @@
+"""What every record of the final mix must satisfy: the LLaVA schema, the image token where LLaVA's trainer
+expects it, and an image file that exists and decodes (LLaVA's `LazySupervisedDataset` crashes mid-epoch on a
+missing one)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import time
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from firellava.mix.sources import IMAGE_TOKEN
+
+log = logging.getLogger(__name__)
+
+IMAGE_CHECKS = ("decode", "exists")
+OK, MISSING, UNDECODABLE = "ok", "missing_image", "undecodable_image"
+_ABSENT = object()
+
+
+def record_error(record: Any) -> str | None:
+    """The first schema problem of a record, as 'field: problem', or None when it is a valid LLaVA record.
+
+    Runs on every record of the mix (hundreds of thousands), hence the exact-type checks.
+    """
+    if type(record) is not dict:
+        return "record: not a JSON object"
+    rid = record.get("id")
+    if type(rid) is not str and type(rid) is not int:
+        return "id: missing or not a string"
+    turns = record.get("conversations")
+    if type(turns) is not list or not turns:
+        return "conversations: missing or empty"
+    if len(turns) % 2:
+        return f"conversations: {len(turns)} turns, expected human/gpt pairs"
+    image = record.get("image", _ABSENT)
+    has_image = image is not _ABSENT
+    if has_image:
+        if type(image) is not str or not image:
+            return "image: not a non-empty string"
+        if image.startswith("/") or ".." in image.split("/"):
+            return f"image: {image!r} must be relative to the image folder"
+    expected = "human"
+    for i, turn in enumerate(turns):
+        if type(turn) is not dict:
+            return f"conversations[{i}]: not an object"
+        if turn.get("from") != expected:
+            return f"conversations[{i}].from: expected {expected!r}, got {turn.get('from')!r}"
+        value = turn.get("value")
+        if type(value) is not str or not value or value.isspace():
+            return f"conversations[{i}].value: missing or empty"
+        if IMAGE_TOKEN in value:
+            if not has_image:
+                return f"conversations[{i}].value: {IMAGE_TOKEN} in a text-only record"
+            if i > 0:
+                return f"conversations[{i}].value: {IMAGE_TOKEN} outside the first human turn"
+            if value.count(IMAGE_TOKEN) != 1:
+                return f"conversations[0].value: {IMAGE_TOKEN} appears {value.count(IMAGE_TOKEN)} times, expected exactly once"
+        elif has_image and i == 0:
+            return f"conversations[0].value: {IMAGE_TOKEN} appears 0 times, expected exactly once"
+        expected = "gpt" if expected == "human" else "human"
+    return None
+
+
+def _check_one(args: tuple[str, str, str]) -> tuple[str, str, str]:
+    """(relative path, status, sha256 of the bytes) for one image."""
+    folder, rel, mode = args
+    path = os.path.join(folder, rel)
+    if mode == "exists":
+        return rel, (OK if os.path.isfile(path) else MISSING), ""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return rel, MISSING, ""
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+    except Exception:  # PIL raises many kinds for a broken file; all mean the trainer could not use it
+        return rel, UNDECODABLE, digest
+    return rel, OK, digest
+
+
+def check_images(
+    folder: Path, images: Iterable[str], *, mode: str, workers: int | None
+) -> dict[str, tuple[str, str]]:
+    """Status and content hash of each distinct image (COCO images are shared by several sources' records)."""
+    if mode not in IMAGE_CHECKS:
+        raise ValueError(f"mix.image_check must be one of {IMAGE_CHECKS}, got {mode!r}")
+    unique = sorted(set(images))
+    workers = workers or os.cpu_count() or 1
+    jobs = [(str(folder), rel, mode) for rel in unique]
+    start = time.perf_counter()
+    results: dict[str, tuple[str, str]] = {}
+    every = max(1000, len(jobs) // 20)
+
+    def collect(it: Iterable[tuple[str, str, str]]) -> None:
+        for rel, status, digest in it:
+            results[rel] = (status, digest)
+            if len(results) % every == 0:
+                rate = len(results) / max(time.perf_counter() - start, 1e-9)
+                log.info("images checked: %d/%d (%.0f/s)", len(results), len(jobs), rate)
+
+    # Worker processes only pay off when there are enough images to amortize starting them.
+    if workers == 1 or len(jobs) < 2000:
+        collect(map(_check_one, jobs))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            collect(pool.map(_check_one, jobs, chunksize=256))
+    log.info("images checked: %d (%s) in %.1fs", len(jobs), mode, time.perf_counter() - start)
+    return results
+
+
+def images_digest(results: dict[str, tuple[str, str]]) -> str:
+    """One sha256 over every checked image's path and content hash: the images' part of the provenance."""
+    h = hashlib.sha256()
+    for rel in sorted(results):
+        h.update(f"{rel}\t{results[rel][1]}\n".encode())
+    return h.hexdigest()

@@ -1,0 +1,31 @@
+"""`python -m serve [hydra overrides]` (or `make serve ARGS="..."`): serve a checkpoint with the `serve` config.
+
+python -m serve                                   # the demo's finetuned toy model on 127.0.0.1:8000
+python -m serve serve.model=/ckpt serve.port=9000 serve.api_key=secret serve.backend=vllm
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from firellava.config import CONF_DIR
+from firellava.serve.app import run_server
+from firellava.serve.config import settings_from_cfg
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    settings = settings_from_cfg(cfg.serve)
+    if not Path(settings.model).exists() and settings.backend == "transformers":
+        raise SystemExit(
+            f"serve.model={settings.model}: no such checkpoint directory (run the pipeline first)"
+        )
+    run_server(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""The `serve` stage (end of `make demo`): start the server on the finetuned checkpoint, send one chat request
+with an image through the official `openai` client, print the answer, stop the server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from firellava.core.io import write_json
+from firellava.serve.config import settings_from_cfg
+from firellava.serve.process import ServerProcess
+from firellava.serve.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoRequest:
+    question: str = "What shapes are in this image?"
+    max_tokens: int = 32
+    start_timeout_s: float = 180.0
+
+
+def demo_image_uri(seed: int) -> str:
+    """A toy-world scene (drawn, not read from disk) as a base64 PNG data URI."""
+    from firellava.toy.scenes import draw_scene, sample_scene
+
+    buf = io.BytesIO()
+    draw_scene(sample_scene(random.Random(seed), 0)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def serve_once(settings: ServerSettings, request: DemoRequest, out_dir: Path, seed: int) -> dict[str, Any]:
+    from openai import OpenAI
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with ServerProcess(
+        settings, log_path=out_dir / "server.log", start_timeout_s=request.start_timeout_s
+    ) as server:
+        client = OpenAI(
+            base_url=server.base_url + "/v1", api_key=settings.api_key or "none", timeout=120, max_retries=0
+        )
+        messages = [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": demo_image_uri(seed)}},
+                    {"type": "text", "text": request.question},
+                ],
+            }
+        ]
+        start = time.perf_counter()
+        reply = client.chat.completions.create(
+            model=settings.served_name, messages=messages, max_tokens=request.max_tokens, temperature=0.0
+        )
+        latency = time.perf_counter() - start
+    answer = reply.choices[0].message.content
+    print(f"[serve] Q: {request.question}\n[serve] A: {answer}", flush=True)
+    entry = {
+        "dir": str(out_dir),
+        "model": settings.model,
+        "served_name": settings.served_name,
+        "question": request.question,
+        "answer": answer,
+        "finish_reason": reply.choices[0].finish_reason,
+        "latency_s": round(latency, 3),
+        "usage": reply.usage.model_dump(include={"prompt_tokens", "completion_tokens", "total_tokens"}),
+    }
+    write_json(out_dir / "demo_request.json", entry)
+    return entry
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    request = DemoRequest(**cfg.serve.get("demo", {}))
+    # Port 0: a free port, so the demo never collides with a server already running on serve.port.
+    settings = settings_from_cfg(cfg.serve, port=0)
+    if not Path(settings.model).exists():
+        raise FileNotFoundError(
+            f"serve.model={settings.model}: no checkpoint there (the finetune stage writes it)"
+        )
+    return serve_once(settings, request, Path(cfg.paths.serve_dir), int(cfg.seed))

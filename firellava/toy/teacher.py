@@ -1,0 +1,168 @@
+"""The toy world's teacher: a tiny text-only Llama, trained for a few seconds on toy contexts -> responses in
+the toy prompt set's format, so that the real datagen path (prompts, engine, parser, filters) runs end to end
+on a CPU. It plays CodeLlama-34B-Instruct's part, with the same Llama-2 chat template.
+
+Training scenes are fresh ones from their own seed, not the COCO images datagen later reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer
+
+from firellava.core.chat_format import IGNORE_INDEX
+from firellava.core.io import staged_dir
+from firellava.datagen.contexts import TYPES, USES_BOXES, ImageContext, Instance, format_context
+from firellava.datagen.prefix import prompt_ids
+from firellava.datagen.prompts import format_response, prompt_set
+from firellava.engines import Prompt
+from firellava.toy import language
+from firellava.toy.llm_pretrain import Example, pad_batch
+from firellava.toy.scenes import Scene, sample_scene
+from firellava.toy.tiny_models import TinySizes, build_llm
+
+log = logging.getLogger(__name__)
+
+# CodeLlama-Instruct / Llama-2-chat: system merged into the first [INST], assistant turns
+# ' ' + content + ' ' + eos, the prompt ends with [/INST].
+LLAMA2_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- set system_message = '<<SYS>>\\n' + messages[0]['content'] | trim + '\\n<</SYS>>\\n\\n' -%}"
+    "{%- else -%}{%- set loop_messages = messages -%}{%- set system_message = '' -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') -}}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- set content = (system_message if loop.index0 == 0 else '') + message['content'] | trim -%}"
+    "{{- bos_token + '[INST] ' + content + ' [/INST]' -}}"
+    "{%- else -%}"
+    "{{- ' ' + message['content'] | trim + ' ' + eos_token -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
+@dataclass(frozen=True)
+class ToyTeacherSpec:
+    tokenizer: str
+    out_dir: str
+    prompt_set: str = "toy"
+    seed: int = 42
+    scenes: int = 400
+    steps: int = 300
+    batch_size: int = 8
+    learning_rate: float = 3e-3
+    hidden: int = 128
+    layers: int = 2
+    overwrite: bool = False
+
+
+def scene_context(scene: Scene, rng: random.Random) -> ImageContext:
+    return ImageContext(
+        image_id=scene.image_id,
+        file_name=f"{scene.image_id:012d}.jpg",
+        width=scene.width,
+        height=scene.height,
+        captions=tuple(language.captions(scene, rng)),
+        instances=tuple(Instance(s.kind, tuple(float(v) for v in s.box)) for s in scene.shapes),
+    )
+
+
+def target(kind: str, scene: Scene, rng: random.Random) -> str:
+    if kind == "conversation":
+        return format_response(kind, language.conversation(scene, rng))
+    if kind == "detail":
+        return format_response(kind, language.detailed_description(scene, rng)[1])
+    return format_response(kind, [language.complex_reasoning(scene, rng)])
+
+
+def training_examples(tokenizer: Any, spec: ToyTeacherSpec) -> list[Example]:
+    """(prompt + response + eos ids, labels on the response and eos only), one per scene and type."""
+    prompts = prompt_set(spec.prompt_set)
+    rng = random.Random(f"toy-teacher/{spec.seed}")
+    out = []
+    for n in range(spec.scenes):
+        scene = sample_scene(rng, 1_000_000 + n)
+        ctx = scene_context(scene, rng)
+        for kind in TYPES:
+            prompt = Prompt(messages=prompts.messages(kind, format_context(ctx, USES_BOXES[kind])))
+            response = tokenizer(" " + target(kind, scene, rng), add_special_tokens=False)["input_ids"]
+            context, answer = prompt_ids(tokenizer, prompt), response + [tokenizer.eos_token_id]
+            out.append((context + answer, [IGNORE_INDEX] * len(context) + answer))
+    return out
+
+
+def train_toy_teacher(spec: ToyTeacherSpec) -> dict[str, Any]:
+    """Train and save (model + tokenizer with the chat template) under `spec.out_dir`; an existing teacher is
+    reused unless `overwrite`."""
+    out = Path(spec.out_dir)
+    if (out / "config.json").exists() and not spec.overwrite:
+        log.info("toy teacher: reusing %s", out)
+        return {"dir": str(out), "trained": False}
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
+    tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
+    examples = training_examples(tokenizer, spec)
+    sizes = TinySizes(
+        vocab_size=len(tokenizer),
+        llm_hidden=spec.hidden,
+        llm_intermediate=spec.hidden * 8 // 3,
+        llm_layers=spec.layers,
+        max_position_embeddings=max(1024, max(len(ids) for ids, _ in examples) + 512),
+    )
+    torch.manual_seed(spec.seed)
+    model = build_llm(sizes, tokenizer, spec.seed)
+    model.train()
+    optim = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        optim, max_lr=spec.learning_rate, total_steps=spec.steps, pct_start=0.1
+    )
+    rng = random.Random(f"toy-teacher/{spec.seed}/order")
+    loss = torch.tensor(0.0)
+    for step in range(spec.steps):
+        batch = pad_batch(
+            rng.sample(examples, spec.batch_size), tokenizer.pad_token_id or tokenizer.eos_token_id
+        )
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        sched.step()
+        optim.zero_grad()
+        if step % 50 == 0 or step == spec.steps - 1:
+            elapsed = time.perf_counter() - start
+            log.info(
+                "toy teacher: step %d/%d loss %.3f (%.1f steps/s)",
+                step + 1,
+                spec.steps,
+                loss.item(),
+                (step + 1) / elapsed,
+            )
+    model.eval()
+    with staged_dir(out, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    seconds = round(time.perf_counter() - start, 1)
+    log.info(
+        "toy teacher: %d steps on %d examples in %.1fs, final loss %.3f",
+        spec.steps,
+        len(examples),
+        seconds,
+        loss.item(),
+    )
+    return {
+        "dir": str(out),
+        "trained": True,
+        "steps": spec.steps,
+        "final_loss": round(float(loss), 4),
+        "seconds": seconds,
+    }

@@ -1,0 +1,86 @@
+"""What the stages write: the projector (pretrain) and a complete HF Llava directory (finetune).
+
+Both are built in a temporary directory and moved into the stage directory only when complete;
+`train_result.json` is written last and marks the stage as finished.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from firellava.core.io import write_json
+
+PROJECTOR_FILE = "projector.safetensors"
+RESULT_FILE = "train_result.json"
+PROJECTOR_PREFIX = "model.multi_modal_projector."
+
+
+def group_of(name: str) -> str:
+    """Which part of LlavaForConditionalGeneration a parameter belongs to."""
+    if name.startswith("model.vision_tower.") or name.startswith("vision_tower."):
+        return "vision_tower"
+    if name.startswith(PROJECTOR_PREFIX) or name.startswith("multi_modal_projector."):
+        return "projector"
+    return "llm"  # language_model.* and lm_head.*
+
+
+def projector_state(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`linear_1.weight`, ... of the projector, from a full model state dict."""
+    out = {k[len(PROJECTOR_PREFIX) :]: v for k, v in state_dict.items() if k.startswith(PROJECTOR_PREFIX)}
+    if not out:
+        raise ValueError("the state dict holds no multi_modal_projector weights")
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+
+def load_projector(model: Any, path: str | Path) -> None:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: pretrained projector not found (run the pretrain stage first)")
+    state = load_file(str(path))
+    try:
+        model.model.multi_modal_projector.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: projector does not fit the model built from cfg.model: {e}") from e
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Move every finished file of `tmp` into `out_dir` (replacing older ones of the same name)."""
+    for item in tmp.iterdir():
+        target = out_dir / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+
+
+def write_outputs(out_dir: str | Path, write: Any, result: Mapping[str, Any]) -> Path:
+    """Call `write(tmp_dir)`, move its files into `out_dir`, then write the result marker."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export.", suffix=".partial", dir=out))
+    try:
+        write(tmp)
+        _publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_json(out / RESULT_FILE, dict(result))
+    return out
+
+
+def save_projector(tmp: Path, state_dict: Mapping[str, torch.Tensor], model: Any) -> None:
+    save_file(projector_state(state_dict), str(tmp / PROJECTOR_FILE), metadata={"format": "pt"})
+    model.config.save_pretrained(tmp)
+
+
+def save_model_dir(tmp: Path, state_dict: Mapping[str, torch.Tensor], model: Any, processor: Any) -> None:
+    """The HF directory: gathered weights, config, generation config, processor, tokenizer and chat template."""
+    model.config.use_cache = True
+    model.save_pretrained(tmp, state_dict=dict(state_dict))
+    processor.save_pretrained(tmp)

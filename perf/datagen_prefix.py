@@ -1,0 +1,125 @@
+"""Datagen benchmark: the shared-prefix fraction of prompt tokens per type (system message + few-shot examples,
+what vLLM's prefix cache serves once), and the generation throughput of an engine on real datagen prompts.
+
+CPU, the toy world (build it first: `python -m pipeline stages=[toy_world] paths.output_dir=/tmp/w`):
+    python benchmarks/datagen_prefix.py --world /tmp/w/toy_world --teacher /tmp/w/toy_world/models/teacher \
+        --prompt-set toy
+GPU, vLLM with CodeLlama-34B's config and random weights (no download of the 68 GB), prefix cache on vs off:
+    python benchmarks/datagen_prefix.py --world /tmp/w/toy_world --teacher codellama/CodeLlama-34b-Instruct-hf \
+        --backend vllm --load-format dummy --tensor-parallel-size 2 --per-type 256 --max-tokens 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from firellava.datagen.contexts import TYPES, USES_BOXES, format_context, load_contexts, select_work
+from firellava.datagen.prefix import shared_prefix
+from firellava.datagen.prompts import prompt_set
+from firellava.engines import Prompt, SamplingParams, build_engine
+
+
+def prompts_by_type(world: Path, set_name: str, per_type: int, seed: int) -> dict[str, list[Prompt]]:
+    annotations = world / "data" / "coco" / "annotations"
+    coco = load_contexts(annotations / "instances_train.json", annotations / "captions_train.json")
+    n = min(per_type, len(coco.contexts))
+    work = select_work(list(coco.contexts), dict.fromkeys(TYPES, n), seed)
+    ps = prompt_set(set_name)
+    return {
+        kind: [
+            Prompt(messages=ps.messages(kind, format_context(coco.contexts[w.image_id], USES_BOXES[kind])))
+            for w in work
+            if w.type == kind
+        ]
+        for kind in TYPES
+    }
+
+
+def throughput(engine, prompts: list[Prompt], params: SamplingParams) -> dict[str, float]:
+    start = time.perf_counter()
+    gens = engine.generate(prompts, params)
+    seconds = time.perf_counter() - start
+    out = sum(g.completion_tokens for g in gens)
+    total = out + sum(g.prompt_tokens for g in gens)
+    return {
+        "req/s": len(gens) / seconds,
+        "output tok/s": out / seconds,
+        "total tok/s": total / seconds,
+        "s": seconds,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--world", type=Path, required=True, help="a toy_world directory (its COCO files are used)"
+    )
+    ap.add_argument("--teacher", required=True, help="model directory or hub name (tokenizer + engine)")
+    ap.add_argument("--backend", default="transformers", choices=["transformers", "vllm"])
+    ap.add_argument("--per-type", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--load-format", default="auto", help="vllm: 'dummy' = random weights, no download")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1)
+    ap.add_argument(
+        "--prompt-set", default="llava", help="prompts for the throughput run (toy for the toy teacher)"
+    )
+    ap.add_argument("--no-generate", action="store_true", help="only the prefix fractions")
+    args = ap.parse_args()
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.teacher)
+    print(f"tokenizer: {args.teacher}")
+    print(f"{'prompt set':<10} {'type':<18} {'prefix tokens':>13} {'shared fraction':>15}")
+    for set_name in ("llava", "toy"):
+        by_type = prompts_by_type(args.world, set_name, min(args.per_type, 32), args.seed)
+        for kind, got in shared_prefix(tokenizer, by_type).items():
+            print(
+                f"{set_name:<10} {kind:<18} {got['shared_prefix_tokens']:>13} {got['shared_prefix_fraction']:>15.3f}"
+            )
+    if args.no_generate:
+        return
+
+    prompts = [
+        p
+        for ps in prompts_by_type(args.world, args.prompt_set, args.per_type, args.seed).values()
+        for p in ps
+    ]
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=0.7, top_p=0.95, seed=args.seed)
+    print(
+        f"\nthroughput, {len(prompts)} {args.prompt_set}-set prompts, max_tokens={args.max_tokens}, backend={args.backend}"
+    )
+    if args.backend == "transformers":
+        engine = build_engine("transformers", model=args.teacher, batch_size=8)
+        print({k: round(v, 2) for k, v in throughput(engine, prompts, params).items()})
+        return
+    results = {}
+    for caching in (True, False):  # side by side: what the shared prefix buys
+        engine = build_engine(
+            "vllm",
+            model=args.teacher,
+            tensor_parallel_size=args.tensor_parallel_size,
+            enable_prefix_caching=caching,
+            load_format=args.load_format,
+            max_model_len=4096,
+            dtype="bfloat16",
+        )
+        throughput(engine, prompts[:8], params)  # warm-up: graphs, allocator
+        results[caching] = throughput(engine, prompts, params)
+        print(f"prefix caching {caching}:", {k: round(v, 2) for k, v in results[caching].items()})
+        del engine
+        import gc
+
+        import torch
+
+        gc.collect()
+        torch.cuda.empty_cache()
+    ratio = results[True]["total tok/s"] / results[False]["total tok/s"]
+    print(f"prefix caching speed-up (total tok/s, on/off): {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
