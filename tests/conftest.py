@@ -35,22 +35,43 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def compose_config(*overrides: str):
+    """The composed Hydra config, as `python -m firellava` would see it (the demo experiment by default)."""
+    from hydra import compose, initialize_config_dir
+
+    from firellava.config import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def toy_world_spec(**overrides):
+    """The demo's toy world spec with some settings changed (nested specs take partial dicts)."""
+    from firellava.config import build
+
+    return build(compose_config("experiment=demo").toy_world, **overrides)
+
+
 @pytest.fixture(scope="session")
 def toy_world(tmp_path_factory) -> dict:
     """The toy world stage's summary entry for a small world (data + tiny models)."""
-    from firellava.toy.stage import ToyWorldSpec, build_toy_world
+    from firellava.toy.stage import build_toy_world
 
     out = tmp_path_factory.mktemp("world") / "toy_world"
-    spec = ToyWorldSpec(
+    spec = toy_world_spec(
         seed=7,
         coco_images=12,
         pretrain_images=12,
         per_source=SMALL_PER_SOURCE,
         vocab_size=512,
-        vision_pretrain_steps=20,  # the path, not the learning (tests/test_vision_pretrain.py checks that)
+        vision_pretrain={
+            "steps": 20
+        },  # the path, not the learning (tests/test_vision_pretrain.py checks that)
         # A random LLM: tests use it as a stand-in teacher that must write tokens, and a pretrained one stops at
         # once on prompts it never saw. The pretraining is tested in tests/test_llm_pretrain.py and test_toy_world.
-        llm_pretrain_steps=0,
+        llm_pretrain={"steps": 0},
+        teacher={"steps": 0},  # trained in tests/test_serve_pipelines.py
+        benchmark_questions=8,
     )
     return build_toy_world(out, spec)
 

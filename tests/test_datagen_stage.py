@@ -174,7 +174,6 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_records(reference, toy_world
         f"paths.image_folder={toy_world['image_folder']}",
         f"teacher.model={teacher_dir}",
         "teacher.name=tiny-teacher",
-        "~teacher.train",
         f"data_gen.counts={{{counts}}}",
         f"data_gen.seed={SEED}",
         "data_gen.chunk_size=2",

@@ -4,6 +4,7 @@ engine, the answer cache (resume, foreign model), a judge whose reviews fail to 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -35,17 +36,21 @@ def spec(**kw) -> EvalSpec:
         limit=2,
         batch_size=4,
         max_new_tokens=3,
-        toy=True,
-        toy_questions=8,
         judge={"max_tokens": 3},
     )
     return EvalSpec(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")
-def first_run(checkpoint, tmp_path_factory):
+def data_root(toy_world):
+    """The toy world's benchmark files, in each benchmark's own layout."""
+    return Path(toy_world["dir"]) / "data" / "eval"
+
+
+@pytest.fixture(scope="module")
+def first_run(checkpoint, data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("evalrun") / "eval"
-    return out, evaluate(spec(), checkpoint, out, out / "data", dict(ENGINE))
+    return out, evaluate(spec(), checkpoint, out, data_root, dict(ENGINE))
 
 
 def test_stage_writes_report_and_scores(first_run):
@@ -76,9 +81,9 @@ def test_stage_writes_report_and_scores(first_run):
     assert prompt.endswith("respond with 'Unanswerable'.\nAnswer the question using a single word or phrase.")
 
 
-def test_rerun_uses_cache_and_resumes(first_run, checkpoint):
+def test_rerun_uses_cache_and_resumes(first_run, checkpoint, data_root):
     out, summary = first_run
-    again = evaluate(spec(), checkpoint, out, out / "data", dict(ENGINE))
+    again = evaluate(spec(), checkpoint, out, data_root, dict(ENGINE))
     assert again["generated"] == 0
     assert {k: again[k] for k in BENCHMARKS} == {k: summary[k] for k in BENCHMARKS}
     # the judge's reviews are cached too: LLaVA-Bench and MM-Vet, 2 each (MMBench has no judge model set)
@@ -89,11 +94,11 @@ def test_rerun_uses_cache_and_resumes(first_run, checkpoint):
     cache = out / "answers" / "finetune" / "gqa.jsonl"
     lines = cache.read_text().splitlines()
     cache.write_text(lines[0] + "\n" + lines[1][:25])
-    resumed = evaluate(spec(benchmarks=["gqa"]), checkpoint, out, out / "data", dict(ENGINE))
+    resumed = evaluate(spec(benchmarks=["gqa"]), checkpoint, out, data_root, dict(ENGINE))
     assert resumed["generated"] == 1
 
 
-def test_named_judge_maps_mmbench_answers_once(first_run, checkpoint):
+def test_named_judge_maps_mmbench_answers_once(first_run, checkpoint, data_root):
     out, _ = first_run
     # cached answers without a letter or an option's text (the prompts are unchanged, so none is regenerated)
     cache = out / "answers" / "finetune" / "mmbench.jsonl"
@@ -104,17 +109,17 @@ def test_named_judge_maps_mmbench_answers_once(first_run, checkpoint):
     named = spec(
         benchmarks=["mmbench"], judge={"model": str(checkpoint), "max_tokens": 3, "options": options}
     )
-    first = evaluate(named, checkpoint, out, out / "data", dict(ENGINE))
+    first = evaluate(named, checkpoint, out, data_root, dict(ENGINE))
     result = json.loads((out / "results.json").read_text())["benchmarks"]["mmbench"]
     assert result["judge"] == "toy-judge"
     # every letterless answer goes to the judge, once; a rerun finds the reviews cached
     assert first["generated"] == 0
     assert result["unextracted"] == result["judge_asked"] == first["judge_generated"] == 2
-    assert evaluate(named, checkpoint, out, out / "data", dict(ENGINE))["judge_generated"] == 0
+    assert evaluate(named, checkpoint, out, data_root, dict(ENGINE))["judge_generated"] == 0
     cache.write_text(original)
 
 
-def test_bad_inputs(first_run, checkpoint):
+def test_bad_inputs(first_run, checkpoint, data_root):
     out, _ = first_run
     with pytest.raises(ValueError, match="unknown benchmark"):
         spec(benchmarks=["pope", "vqa3"])
@@ -124,10 +129,8 @@ def test_bad_inputs(first_run, checkpoint):
     first = json.loads(original.splitlines()[0])
     cache.write_text(json.dumps({**first, "model_id": "other-model"}) + "\n" + original)
     with pytest.raises(ForeignAnswersError, match="pope.jsonl:1.*other-model"):
-        evaluate(spec(benchmarks=["pope"]), checkpoint, out, out / "data", dict(ENGINE))
+        evaluate(spec(benchmarks=["pope"]), checkpoint, out, data_root, dict(ENGINE))
     cache.write_text(original)
     # scoring cached answers only: a question nobody answered is a clear error
     with pytest.raises(MissingAnswerError, match="pope: no answer for 1 of 3"):
-        evaluate(
-            spec(benchmarks=["pope"], limit=3, generate=False), checkpoint, out, out / "data", dict(ENGINE)
-        )
+        evaluate(spec(benchmarks=["pope"], limit=3, generate=False), checkpoint, out, data_root, dict(ENGINE))

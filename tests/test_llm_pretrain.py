@@ -4,6 +4,7 @@ the image's place, and a run that changes the model and lowers its loss."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -23,7 +24,8 @@ from firellava.toy.llm_pretrain import (
     word_id,
 )
 from firellava.toy.scenes import Scene, Shape
-from firellava.toy.tiny_models import TinySizes, build_llm
+from firellava.toy.tiny_models import build_llm
+from tests.conftest import toy_world_spec
 
 GRID = 6
 # Padded to a 64-pixel square (8 rows above), the circle's centre (8, 16) is in patch row 1, column 0 and the
@@ -91,7 +93,7 @@ def test_examples_never_outnumber_what_training_draws(tok):
 
 
 def test_pretraining_changes_the_llm_and_lowers_its_loss(tok):
-    llm = build_llm(TinySizes(llm_layers=2), tok, seed=5)
+    llm = build_llm(replace(toy_world_spec().llm, layers=2, heads=4), tok, seed=5)
     spec = LlmPretrainSpec(steps=60, batch_size=8, examples=480, learning_rate=3e-3)
     fixed = _examples(LlmPretrainSpec(steps=1, batch_size=16), tok, seed=99, grid=GRID)
     with torch.no_grad():

@@ -18,7 +18,8 @@ from firellava.engines import SamplingParams, build_engine
 from firellava.eval.stage import EvalSpec, evaluate
 from firellava.serve.process import ServerProcess
 from firellava.serve.settings import ServerSettings
-from firellava.toy.teacher import ToyTeacherSpec, train_toy_teacher
+from firellava.toy.teacher import train_toy_teacher
+from tests.conftest import toy_world_spec
 from tests.test_datagen_stage import TYPES, outputs, sources
 
 SERIAL_CPU = {"device": "cpu", "dtype": "float32", "batch_size": 1}
@@ -39,11 +40,8 @@ def requests_logged(log_path: Path, route: str) -> int:
 def toy_teacher(toy_world, tmp_path_factory) -> Path:
     """The toy teacher, trained for a handful of steps: the real artefact and template, not a good teacher."""
     out = tmp_path_factory.mktemp("serve-teacher") / "teacher"
-    train_toy_teacher(
-        ToyTeacherSpec(
-            tokenizer=toy_world["models"]["tokenizer"], out_dir=str(out), scenes=6, steps=6, batch_size=4
-        )
-    )
+    spec = toy_world_spec(teacher={"scenes": 6, "steps": 6, "batch_size": 4}).teacher
+    train_toy_teacher(spec, Path(toy_world["models"]["tokenizer"]), out, seed=42)
     return out
 
 
@@ -109,8 +107,6 @@ def eval_spec(batch_size: int) -> EvalSpec:
         limit=3,
         batch_size=batch_size,
         max_new_tokens=4,
-        toy=True,
-        toy_questions=4,
     )
 
 
@@ -122,12 +118,12 @@ def answers(out: Path, model_name: str) -> dict[str, dict[str, str]]:
     return got
 
 
-def test_eval_through_the_server_matches_in_process(tiny_llava, tmp_path):
+def test_eval_through_the_server_matches_in_process(tiny_llava, toy_world, tmp_path):
     from firellava.core.model_builder import save_llava
 
     model, processor = tiny_llava
     checkpoint = save_llava(model, processor, tmp_path / "finetune")
-    data_root = tmp_path / "data"
+    data_root = Path(toy_world["dir"]) / "data" / "eval"
     log_path = tmp_path / "server.log"
     with served(checkpoint, "toy-llava", log_path) as server:
         # eval's batch size is the client's requests in flight; the server still decodes them one by one

@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from firellava.core.io import read_json
 from firellava.stages import resolve
 from firellava.summary import record_stage
+from firellava.toy.stage import write_demo_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,6 +21,9 @@ def test_serve_stage_answers_one_chat_request(tiny_llava, tmp_path, capsys):
 
     model, processor = tiny_llava
     checkpoint = save_llava(model, processor, tmp_path / "out" / "finetune")
+    image = tmp_path / "out" / "toy_world" / "data" / "serve_demo.png"  # where the demo config looks for it
+    image.parent.mkdir(parents=True)
+    write_demo_image(image, seed=3)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(
             config_name="config",

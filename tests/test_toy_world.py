@@ -16,8 +16,12 @@ SMALL = [
     "toy_world.coco_images=8",
     "toy_world.pretrain_images=8",
     "toy_world.vocab_size=512",  # enough merges for every colour and kind to be one token
-    "toy_world.vision_pretrain_steps=10",
-    "toy_world.llm_pretrain_steps=5",
+    "toy_world.vision_pretrain.steps=10",
+    "toy_world.llm_pretrain.steps=5",
+    "toy_world.teacher.steps=2",
+    "toy_world.teacher.scenes=2",
+    "toy_world.teacher.batch_size=2",
+    "toy_world.benchmark_questions=4",
     *(
         f"toy_world.per_source.{s}=3"
         for s in ("llava_instruct", "vqav2", "gqa", "okvqa", "refcoco", "a_okvqa")
@@ -57,8 +61,14 @@ def test_toy_world_stage(tmp_path):
 
     entry = json.loads((a / "summary.json").read_text())["toy_world"]
     assert Path(entry["dir"]) == (a / "toy_world").resolve()
-    for key in ("coco_instances", "coco_captions", "pretrain_json", "mix665k_json"):
+    for key in ("coco_instances", "coco_captions", "pretrain_json", "mix665k_json", "demo_image"):
         assert Path(entry[key]).is_file(), key
+    # What the production stages read by path: the trained teacher (datagen) and the benchmark files (eval).
+    assert set(entry["models"]) == {"tokenizer", "vision_tower", "llm", "teacher"}
+    assert (Path(entry["models"]["teacher"]) / "config.json").is_file()
+    assert entry["teacher_training"]["steps"] == 2
+    benchmarks = (a / "toy_world" / "data" / "eval").resolve()
+    assert all(Path(d).is_dir() and Path(d).is_relative_to(benchmarks) for d in entry["benchmarks"].values())
     coco = COCO(entry["coco_instances"])
     assert len(coco.getImgIds()) == entry["counts"]["coco_images"] == 8
     assert sum(entry["counts"]["mix_per_source"].values()) == entry["counts"]["mix_records"]

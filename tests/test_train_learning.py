@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 
 from firellava.toy.heldout import heldout_accuracy, named_object_questions
-from firellava.toy.stage import ToyWorldSpec, build_toy_world
+from firellava.toy.stage import build_toy_world
 from firellava.train.launch import run_finetune, run_pretrain
-from tests.conftest import SMALL_PER_SOURCE
+from tests.conftest import SMALL_PER_SOURCE, toy_world_spec
 from tests.test_train_stages import tiny_cfg
 
 # The session's small world, with the short-answer data that grounds answers in the image.
@@ -27,14 +27,18 @@ def learned(tmp_path_factory):
     out = tmp_path_factory.mktemp("learning")
     world = build_toy_world(
         out / "toy_world",
-        ToyWorldSpec(
+        toy_world_spec(
             seed=11,
             coco_images=300,
             pretrain_images=48,
             per_source=PER_SOURCE,
             vocab_size=512,
-            vision_pretrain_steps=1000,
-            llm_pretrain_steps=0,  # the demo's 800 steps of text would double this test; colour needs none
+            vision_pretrain={"steps": 1000},
+            llm_pretrain={
+                "steps": 0
+            },  # the demo's text pretraining would double this test; colour needs none
+            teacher={"steps": 0},
+            benchmark_questions=1,
         ),
     )
     cfg = tiny_cfg(

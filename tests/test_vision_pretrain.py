@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from firellava.toy.scenes import COLOURS, SHAPES, Scene, Shape
-from firellava.toy.tiny_models import TinySizes, build_vision_tower
+from firellava.toy.tiny_models import build_vision_tower
 from firellava.toy.vision_pretrain import (
     NONE,
     VisionPretrainSpec,
@@ -13,6 +13,7 @@ from firellava.toy.vision_pretrain import (
     pretrain_vision_tower,
     scene_labels,
 )
+from tests.conftest import toy_world_spec
 
 
 def test_scene_labels_are_colour_shape_pairs_and_counts():
@@ -49,7 +50,7 @@ def test_centre_labels_mark_the_patch_of_each_shape_centre_on_the_padded_square(
 
 
 def test_pretraining_teaches_the_tower_to_count_and_changes_it():
-    tower, _ = build_vision_tower(TinySizes(), seed=3)
+    tower, _ = build_vision_tower(toy_world_spec().vision, seed=3)
     before = {k: v.clone() for k, v in tower.state_dict().items()}
     probe = pretrain_vision_tower(tower, VisionPretrainSpec(steps=300, scenes=1024), seed=3)
     # Chance is 1/3; count is learned long before shapes are (shape-of-colour needs about 2000 steps).

@@ -244,9 +244,7 @@ def _log_wandb(spec: WandbSpec, stats: Mapping[str, Any], records: Mapping[str, 
 
 def run(cfg) -> dict[str, Any]:
     spec: DatagenSpec = instantiate(cfg.data_gen, _convert_="all")
-    teacher_cfg = OmegaConf.to_container(cfg.teacher, resolve=True)
-    toy_training = teacher_cfg.pop("train", None)
-    teacher = Teacher(**teacher_cfg)
+    teacher = Teacher(**OmegaConf.to_container(cfg.teacher, resolve=True))
     sources = Sources(
         coco_instances=cfg.paths.coco_instances,
         coco_captions=cfg.paths.coco_captions,
@@ -262,14 +260,8 @@ def run(cfg) -> dict[str, Any]:
     )
     if backend == "vllm" and teacher.max_model_len:
         engine_cfg.setdefault("max_model_len", teacher.max_model_len)
-    summary: dict[str, Any] = {}
-    if toy_training is not None:
-        from firellava.toy.teacher import ToyTeacherSpec, train_toy_teacher
-
-        summary["teacher_training"] = train_toy_teacher(ToyTeacherSpec(**toy_training))
 
     def factory() -> Engine:
         return build_engine(backend, model=teacher.model, model_name=teacher.display_name, **engine_cfg)
 
-    out = generate_dataset(spec, teacher, sources, factory, params, output_dir(cfg.paths.datagen_dir, spec))
-    return {**out, **summary}
+    return generate_dataset(spec, teacher, sources, factory, params, output_dir(cfg.paths.datagen_dir, spec))

@@ -22,7 +22,6 @@ from firellava.eval.answers import AnswerCache, ReviewCache, generate_missing, m
 from firellava.eval.benchmarks import BENCHMARKS, Benchmark, Question, get_benchmark
 from firellava.eval.judge import Judge, LazyEngine
 from firellava.eval.report import log_wandb, write_report
-from firellava.toy.benchmarks import write_toy_benchmarks
 
 log = logging.getLogger(__name__)
 _ENGINE_SAMPLING_KEYS = (
@@ -50,15 +49,12 @@ class EvalSpec:
     benchmarks: list[str]
     checkpoint: str | None = None  # default: paths.finetune_dir
     model_name: str | None = None  # default: the checkpoint folder's name
-    data_root: str | None = None  # default: <paths.data_root>/eval, or <eval_dir>/data for the toy
+    data_root: str | None = None  # default: <paths.data_root>/eval
     splits: dict[str, str] = field(default_factory=dict)  # benchmark -> split (default: the scored one)
     limit: int | None = None  # first N questions per benchmark, for smoke runs
     batch_size: int = 8
     max_new_tokens: int | dict[str, int] | None = None  # default: LLaVA's per benchmark (128 / 1024)
     generate: bool = True  # false: score the cached answers only (a missing one is an error)
-    toy: bool = False  # write toy instances of every benchmark first and evaluate on them
-    toy_seed: int = 0
-    toy_questions: int = 24
     judge: JudgeSpec | dict[str, Any] = field(default_factory=JudgeSpec)
     wandb: bool = False
     wandb_project: str = "firellava"
@@ -103,8 +99,6 @@ def evaluate(
 ) -> dict[str, Any]:
     start = time.perf_counter()
     out_dir = out_dir.resolve()
-    if spec.toy:
-        write_toy_benchmarks(data_root, spec.benchmarks, seed=spec.toy_seed, questions=spec.toy_questions)
     benches = [get_benchmark(n, data_root, spec.splits.get(n)) for n in spec.benchmarks]
     loaded = {b.name: b.load()[: spec.limit] for b in benches}  # every file is read before any generation
     model_name = spec.model_name or checkpoint.resolve().name
@@ -194,9 +188,6 @@ def run(cfg) -> dict[str, Any]:
     spec: EvalSpec = instantiate(cfg.eval, _convert_="all")
     out_dir = Path(cfg.paths.eval_dir)
     checkpoint = Path(spec.checkpoint or cfg.paths.finetune_dir)
-    if spec.data_root:
-        data_root = Path(spec.data_root)
-    else:
-        data_root = out_dir / "data" if spec.toy else Path(cfg.paths.data_root) / "eval"
+    data_root = Path(spec.data_root or Path(cfg.paths.data_root) / "eval")
     engine_options = OmegaConf.to_container(cfg.engine, resolve=True)
     return evaluate(spec, checkpoint, out_dir, data_root, dict(engine_options))

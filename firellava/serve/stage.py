@@ -4,15 +4,14 @@ with an image through the official `openai` client, print the answer, stop the s
 from __future__ import annotations
 
 import base64
-import io
 import logging
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
+from PIL import Image
 
 from firellava.core.io import write_json
 from firellava.serve.config import settings_from_cfg
@@ -24,21 +23,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoRequest:
+    image: str  # an image file, sent inline as a data URI
     question: str = "What shapes are in this image?"
     max_tokens: int = 32
     start_timeout_s: float = 180.0
 
 
-def demo_image_uri(seed: int) -> str:
-    """A toy-world scene (drawn, not read from disk) as a base64 PNG data URI."""
-    from firellava.toy.scenes import draw_scene, sample_scene
+def image_data_uri(path: str | Path) -> str:
+    """An image file as a base64 data URI of its own format."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"serve.demo.image={path}: no such image file")
+    with Image.open(path) as image:
+        kind = (image.format or "png").lower()
+    return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
-    buf = io.BytesIO()
-    draw_scene(sample_scene(random.Random(seed), 0)).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
-
-def serve_once(settings: ServerSettings, request: DemoRequest, out_dir: Path, seed: int) -> dict[str, Any]:
+def serve_once(settings: ServerSettings, request: DemoRequest, out_dir: Path) -> dict[str, Any]:
     from openai import OpenAI
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -52,7 +53,7 @@ def serve_once(settings: ServerSettings, request: DemoRequest, out_dir: Path, se
             {
                 "role": "user",
                 "content": [
-                    {"type": "image_url", "image_url": {"url": demo_image_uri(seed)}},
+                    {"type": "image_url", "image_url": {"url": image_data_uri(request.image)}},
                     {"type": "text", "text": request.question},
                 ],
             }
@@ -86,4 +87,4 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise FileNotFoundError(
             f"serve.model={settings.model}: no checkpoint there (the finetune stage writes it)"
         )
-    return serve_once(settings, request, Path(cfg.paths.serve_dir), int(cfg.seed))
+    return serve_once(settings, request, Path(cfg.paths.serve_dir))

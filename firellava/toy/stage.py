@@ -1,58 +1,54 @@
-"""The toy world stage: seeded data in every format the pipeline reads, plus tiny models, under
-`<output_dir>/toy_world/`. Built in a temporary directory and moved into place when complete."""
+"""The toy world stage: everything the toy run needs, under `<output_dir>/toy_world/`, in the layouts of the real
+files, so that every production stage reads it from config paths exactly as it reads the real thing:
+
+- `data/`: COCO annotations and images, the 665K-style mix with all ten sources and its reference files,
+  the toy benchmarks in the benchmarks' own layouts (`data/eval/`), and a demo image for the serve stage;
+- `pretrain/`: the LCS-558K-style pretraining file and images;
+- `models/`: a tokenizer, a pretrained tiny CLIP tower and tiny Llama, and the trained toy teacher.
+
+Built in a temporary directory and moved into place when complete."""
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
-
+from firellava.config import build
 from firellava.core.io import staged_dir
-from firellava.toy.data import DEFAULT_PER_SOURCE, ToyData, build_toy_data
+from firellava.eval.benchmarks import BENCHMARKS
+from firellava.toy.benchmarks import write_toy_benchmarks
+from firellava.toy.data import ToyData, build_toy_data
 from firellava.toy.llm_pretrain import LlmPretrainSpec
-from firellava.toy.tiny_models import TinySizes, build_tiny_models
+from firellava.toy.scenes import draw_scene, sample_scene
+from firellava.toy.teacher import ToyTeacherSpec, train_toy_teacher
+from firellava.toy.tiny_models import LlmSizes, VisionSizes, build_tiny_models
 from firellava.toy.vision_pretrain import VisionPretrainSpec
 
 log = logging.getLogger(__name__)
 
+DEMO_IMAGE = "serve_demo.png"
+
 
 @dataclass(frozen=True)
 class ToyWorldSpec:
-    seed: int = 42
-    coco_images: int = 120
-    pretrain_images: int = 240
-    per_source: dict[str, int] | None = None
+    seed: int
+    coco_images: int
+    pretrain_images: int
+    per_source: dict[str, int]  # records per source in the 665K-style mix
+    vocab_size: int
+    vision: VisionSizes
+    llm: LlmSizes
+    vision_pretrain: VisionPretrainSpec  # 0 steps: the tower stays random
+    llm_pretrain: LlmPretrainSpec  # 0 steps: the LLM stays random
+    teacher: ToyTeacherSpec
+    benchmark_questions: int  # per toy benchmark
     overwrite: bool = False
-    vocab_size: int = 1024
-    image_size: int = 48
-    patch_size: int = 8
-    vision_hidden: int = 64
-    vision_layers: int = 3
-    llm_hidden: int = 128
-    llm_layers: int = 4
-    llm_heads: int = 8
-    vision_pretrain_steps: int = 2000
-    llm_pretrain_steps: int = 1600
-
-    @property
-    def sizes(self) -> TinySizes:
-        return TinySizes(
-            vocab_size=self.vocab_size,
-            image_size=self.image_size,
-            patch_size=self.patch_size,
-            vision_hidden=self.vision_hidden,
-            vision_layers=self.vision_layers,
-            llm_hidden=self.llm_hidden,
-            llm_intermediate=self.llm_hidden * 8 // 3,
-            llm_layers=self.llm_layers,
-            llm_heads=self.llm_heads,
-        )
 
 
 def corpus(data: ToyData) -> Iterator[str]:
@@ -65,6 +61,12 @@ def corpus(data: ToyData) -> Iterator[str]:
                 yield turn["value"]
 
 
+def write_demo_image(path: Path, seed: int) -> Path:
+    """A fresh toy scene for the serve stage's one request."""
+    draw_scene(sample_scene(random.Random(seed), 0)).save(path, format="PNG")
+    return path
+
+
 def build_toy_world(out_dir: Path, spec: ToyWorldSpec) -> dict[str, Any]:
     start = time.perf_counter()
     out_dir = Path(out_dir).resolve()
@@ -74,21 +76,31 @@ def build_toy_world(out_dir: Path, spec: ToyWorldSpec) -> dict[str, Any]:
             seed=spec.seed,
             coco_images=spec.coco_images,
             pretrain_images=spec.pretrain_images,
-            per_source=dict(spec.per_source or DEFAULT_PER_SOURCE),
+            per_source=dict(spec.per_source),
         )
         log.info("toy data written in %.1fs: %s", time.perf_counter() - start, data.counts)
         models, probes = build_tiny_models(
             corpus(data),
             tmp / "models",
-            spec.sizes,
+            spec.vocab_size,
+            spec.vision,
+            spec.llm,
             spec.seed,
-            VisionPretrainSpec(steps=spec.vision_pretrain_steps),
-            LlmPretrainSpec(steps=spec.llm_pretrain_steps),
+            spec.vision_pretrain,
+            spec.llm_pretrain,
+        )
+        models["teacher"] = tmp / "models" / "teacher"
+        teacher = train_toy_teacher(spec.teacher, models["tokenizer"], models["teacher"], spec.seed)
+        benchmarks = write_toy_benchmarks(
+            tmp / "data" / "eval", list(BENCHMARKS), seed=spec.seed, questions=spec.benchmark_questions
         )
         summary = data.summary()
         summary["models"] = {name: str(path) for name, path in models.items()}
         summary["vision_probe"] = probes["vision"]
         summary["llm_probe"] = probes["llm"]
+        summary["teacher_training"] = teacher
+        summary["benchmarks"] = benchmarks
+        summary["demo_image"] = str(write_demo_image(tmp / "data" / DEMO_IMAGE, spec.seed))
     # Paths in the summary point at the final location, not the staging directory.
     summary = json.loads(json.dumps(summary).replace(str(tmp), str(out_dir)))
     summary["dir"] = str(out_dir)
@@ -97,5 +109,4 @@ def build_toy_world(out_dir: Path, spec: ToyWorldSpec) -> dict[str, Any]:
 
 
 def run(cfg) -> dict[str, Any]:
-    spec = instantiate(cfg.toy_world, _convert_="all")
-    return build_toy_world(Path(cfg.paths.output_dir) / "toy_world", spec)
+    return build_toy_world(Path(cfg.paths.output_dir) / "toy_world", build(cfg.toy_world))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ import torch
 from transformers import AutoTokenizer
 
 from firellava.core.chat_format import IGNORE_INDEX
-from firellava.core.io import staged_dir
 from firellava.datagen.contexts import TYPES, USES_BOXES, ImageContext, Instance, format_context
 from firellava.datagen.prefix import prompt_ids
 from firellava.datagen.prompts import format_response, prompt_set
@@ -26,7 +25,7 @@ from firellava.engines import Prompt
 from firellava.toy import language
 from firellava.toy.llm_pretrain import Example, pad_batch
 from firellava.toy.scenes import Scene, sample_scene
-from firellava.toy.tiny_models import TinySizes, build_llm
+from firellava.toy.tiny_models import LlmSizes, build_llm
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +52,14 @@ LLAMA2_CHAT_TEMPLATE = (
 
 @dataclass(frozen=True)
 class ToyTeacherSpec:
-    tokenizer: str
-    out_dir: str
-    prompt_set: str = "toy"
-    seed: int = 42
-    scenes: int = 400
-    steps: int = 300
-    batch_size: int = 8
-    learning_rate: float = 3e-3
-    hidden: int = 128
-    layers: int = 2
-    overwrite: bool = False
+    """How the toy teacher is trained (`toy_world.teacher`); 0 steps saves it untrained."""
+
+    prompt_set: str
+    scenes: int
+    steps: int
+    batch_size: int
+    learning_rate: float
+    llm: LlmSizes
 
 
 def scene_context(scene: Scene, rng: random.Random) -> ImageContext:
@@ -85,10 +81,10 @@ def target(kind: str, scene: Scene, rng: random.Random) -> str:
     return format_response(kind, [language.complex_reasoning(scene, rng)])
 
 
-def training_examples(tokenizer: Any, spec: ToyTeacherSpec) -> list[Example]:
+def training_examples(tokenizer: Any, spec: ToyTeacherSpec, seed: int) -> list[Example]:
     """(prompt + response + eos ids, labels on the response and eos only), one per scene and type."""
     prompts = prompt_set(spec.prompt_set)
-    rng = random.Random(f"toy-teacher/{spec.seed}")
+    rng = random.Random(f"toy-teacher/{seed}")
     out = []
     for n in range(spec.scenes):
         scene = sample_scene(rng, 1_000_000 + n)
@@ -101,32 +97,23 @@ def training_examples(tokenizer: Any, spec: ToyTeacherSpec) -> list[Example]:
     return out
 
 
-def train_toy_teacher(spec: ToyTeacherSpec) -> dict[str, Any]:
-    """Train and save (model + tokenizer with the chat template) under `spec.out_dir`; an existing teacher is
-    reused unless `overwrite`."""
-    out = Path(spec.out_dir)
-    if (out / "config.json").exists() and not spec.overwrite:
-        log.info("toy teacher: reusing %s", out)
-        return {"dir": str(out), "trained": False}
+def train_toy_teacher(spec: ToyTeacherSpec, tokenizer_dir: Path, out_dir: Path, seed: int) -> dict[str, Any]:
+    """Train the teacher on the toy world's tokenizer and save it (model + tokenizer with the chat template)."""
     start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
-    examples = training_examples(tokenizer, spec)
-    sizes = TinySizes(
-        vocab_size=len(tokenizer),
-        llm_hidden=spec.hidden,
-        llm_intermediate=spec.hidden * 8 // 3,
-        llm_layers=spec.layers,
-        max_position_embeddings=max(1024, max(len(ids) for ids, _ in examples) + 512),
-    )
-    torch.manual_seed(spec.seed)
-    model = build_llm(sizes, tokenizer, spec.seed)
+    examples = training_examples(tokenizer, spec, seed) if spec.steps else []
+    # Room for the longest training prompt and an answer as long as datagen's max_tokens may ask for.
+    longest = max((len(ids) for ids, _ in examples), default=0)
+    sizes = replace(spec.llm, max_position_embeddings=max(spec.llm.max_position_embeddings, longest + 512))
+    torch.manual_seed(seed)
+    model = build_llm(sizes, tokenizer, seed)
     model.train()
     optim = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        optim, max_lr=spec.learning_rate, total_steps=spec.steps, pct_start=0.1
+        optim, max_lr=spec.learning_rate, total_steps=max(1, spec.steps), pct_start=0.1
     )
-    rng = random.Random(f"toy-teacher/{spec.seed}/order")
+    rng = random.Random(f"toy-teacher/{seed}/order")
     loss = torch.tensor(0.0)
     for step in range(spec.steps):
         batch = pad_batch(
@@ -148,9 +135,8 @@ def train_toy_teacher(spec: ToyTeacherSpec) -> dict[str, Any]:
                 (step + 1) / elapsed,
             )
     model.eval()
-    with staged_dir(out, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
     seconds = round(time.perf_counter() - start, 1)
     log.info(
         "toy teacher: %d steps on %d examples in %.1fs, final loss %.3f",
@@ -160,9 +146,8 @@ def train_toy_teacher(spec: ToyTeacherSpec) -> dict[str, Any]:
         loss.item(),
     )
     return {
-        "dir": str(out),
-        "trained": True,
+        "dir": str(out_dir),
         "steps": spec.steps,
-        "final_loss": round(float(loss), 4),
+        "final_loss": round(float(loss), 4) if spec.steps else None,
         "seconds": seconds,
     }

@@ -35,18 +35,30 @@ SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
 
 
 @dataclass(frozen=True)
-class TinySizes:
-    vocab_size: int = 1024
-    image_size: int = 48
-    patch_size: int = 8
-    vision_hidden: int = 64
-    vision_layers: int = 3
-    vision_heads: int = 4
-    llm_hidden: int = 128
-    llm_intermediate: int = 344
-    llm_layers: int = 4
-    llm_heads: int = 4
-    max_position_embeddings: int = 1024
+class VisionSizes:
+    """The tiny CLIP tower's shape (`toy_world.vision`)."""
+
+    image_size: int
+    patch_size: int
+    hidden: int
+    layers: int
+    heads: int
+
+    @property
+    def grid(self) -> int:
+        """Patches per side: the LLM's text pretraining lays scenes out on the same grid."""
+        return self.image_size // self.patch_size
+
+
+@dataclass(frozen=True)
+class LlmSizes:
+    """A tiny Llama's shape (`toy_world.llm`, `toy_world.teacher.llm`); the vocabulary is its tokenizer's."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    max_position_embeddings: int
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -77,16 +89,16 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     )
 
 
-def build_vision_tower(sizes: TinySizes, seed: int) -> tuple[CLIPVisionModel, CLIPImageProcessor]:
+def build_vision_tower(sizes: VisionSizes, seed: int) -> tuple[CLIPVisionModel, CLIPImageProcessor]:
     torch.manual_seed(seed)
     config = CLIPVisionConfig(
-        hidden_size=sizes.vision_hidden,
-        intermediate_size=sizes.vision_hidden * 4,
-        num_hidden_layers=sizes.vision_layers,
-        num_attention_heads=sizes.vision_heads,
+        hidden_size=sizes.hidden,
+        intermediate_size=sizes.hidden * 4,
+        num_hidden_layers=sizes.layers,
+        num_attention_heads=sizes.heads,
         image_size=sizes.image_size,
         patch_size=sizes.patch_size,
-        projection_dim=sizes.vision_hidden,
+        projection_dim=sizes.hidden,
     )
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": sizes.image_size},
@@ -95,15 +107,15 @@ def build_vision_tower(sizes: TinySizes, seed: int) -> tuple[CLIPVisionModel, CL
     return CLIPVisionModel(config), image_processor
 
 
-def build_llm(sizes: TinySizes, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
+def build_llm(sizes: LlmSizes, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
     torch.manual_seed(seed + 1)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=sizes.llm_hidden,
-        intermediate_size=sizes.llm_intermediate,
-        num_hidden_layers=sizes.llm_layers,
-        num_attention_heads=sizes.llm_heads,
-        num_key_value_heads=sizes.llm_heads,
+        hidden_size=sizes.hidden,
+        intermediate_size=sizes.intermediate,
+        num_hidden_layers=sizes.layers,
+        num_attention_heads=sizes.heads,
+        num_key_value_heads=sizes.heads,
         max_position_embeddings=sizes.max_position_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -115,7 +127,9 @@ def build_llm(sizes: TinySizes, tokenizer: PreTrainedTokenizerFast, seed: int) -
 def build_tiny_models(
     texts: Iterable[str],
     out_dir: Path,
-    sizes: TinySizes,
+    vocab_size: int,
+    vision_sizes: VisionSizes,
+    llm_sizes: LlmSizes,
     seed: int,
     vision_pretrain: VisionPretrainSpec,
     llm_pretrain: LlmPretrainSpec,
@@ -124,13 +138,13 @@ def build_tiny_models(
 
     Returns the paths and the held-out probe accuracies of the pretrained tower and LLM (`vision`, `llm`; empty
     when a pretraining has 0 steps)."""
-    tokenizer = train_tokenizer(texts, sizes.vocab_size)
-    vision, image_processor = build_vision_tower(sizes, seed)
+    tokenizer = train_tokenizer(texts, vocab_size)
+    vision, image_processor = build_vision_tower(vision_sizes, seed)
     probes = {"vision": pretrain_vision_tower(vision, vision_pretrain, seed) if vision_pretrain.steps else {}}
-    llm = build_llm(sizes, tokenizer, seed)
-    # The tower's patches per side: the LLM's pretraining lays scenes out on the same grid.
-    grid = sizes.image_size // sizes.patch_size
-    probes["llm"] = pretrain_llm(llm, tokenizer, llm_pretrain, seed, grid) if llm_pretrain.steps else {}
+    llm = build_llm(llm_sizes, tokenizer, seed)
+    probes["llm"] = (
+        pretrain_llm(llm, tokenizer, llm_pretrain, seed, vision_sizes.grid) if llm_pretrain.steps else {}
+    )
     paths = {"tokenizer": out_dir / "tokenizer", "vision_tower": out_dir / "vision", "llm": out_dir / "llm"}
     tokenizer.save_pretrained(paths["tokenizer"])
     vision.save_pretrained(paths["vision_tower"])
