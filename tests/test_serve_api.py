@@ -263,6 +263,94 @@ def test_malformed_requests_get_openai_errors(server, images):
     assert err["param"] == "temperature"
 
 
+def healthy(server) -> bool:
+    return httpx.get(server.base_url + "/health", timeout=30).status_code == 200
+
+
+def nested(depth: int, leaf=1):
+    for i in range(depth):
+        leaf = {"a": leaf} if i % 2 else [leaf]
+    return leaf
+
+
+def test_deeply_nested_json_is_a_400(server):
+    deep = [b'{"a":' * 5000, b'{"a":' * 5000 + b"1" + b"}" * 5000, b"[" * 100_000 + b"]" * 100_000]
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        for raw in deep:
+            status, err = post(server, raw=raw, path=path)
+            assert (status, err["type"], err["code"], err["param"]) == (
+                400,
+                "invalid_request_error",
+                "invalid_json",
+                None,
+            ), (path, raw[:12], err)
+            assert "128 levels" in err["message"]
+    assert healthy(server)
+    # Nesting within the cap is still JSON: an ignored field nested 100 levels deep does not stop the request.
+    reply = httpx.post(
+        server.base_url + "/v1/chat/completions",
+        json=body(uri(RED)) | {"metadata": nested(100)},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
+    assert reply.status_code == 200, reply.text
+
+
+def test_nesting_check_is_exact_on_json():
+    from firellava.serve.body import nests_deeper
+
+    samples = [nested(d) for d in range(0, 40, 3)] + [
+        {"s": "[[[{{{", "t": ['\\"[', {"u": [[], [[]], {"v": [[[1]]]}]}]},
+        [[[]] * 50] * 50,
+        {"k[": ["]]]"], "m": [[["x"]]]},
+    ]
+
+    def depth(o) -> int:
+        kids = o.values() if isinstance(o, dict) else o if isinstance(o, list) else None
+        return 0 if kids is None else 1 + max(map(depth, kids), default=0)
+
+    for o in samples:
+        text, d = json.dumps(o), depth(o)
+        assert [nests_deeper(text, k) for k in range(d + 2)] == [True] * d + [False, False], text[:60]
+
+
+def test_non_json_types_are_refused_by_field(server):
+    """OpenAI checks JSON types: a string or number is no boolean, a decimal no integer (no coercion)."""
+    cases = [
+        ({"stream": "yes"}, "stream"),
+        ({"stream": 1}, "stream"),
+        ({"stream": "true"}, "stream"),
+        ({"stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
+        ({"logprobs": "false"}, "logprobs"),
+        ({"max_tokens": 4.0}, "max_tokens"),
+        ({"max_tokens": "4"}, "max_tokens"),
+        ({"temperature": "0"}, "temperature"),
+        ({"temperature": True}, "temperature"),
+    ]
+    for fields, param in cases:
+        for path, request in (
+            ("/v1/chat/completions", body(uri(RED))),
+            ("/v1/completions", {"model": NAME, "prompt": "hi", "max_tokens": 4}),
+        ):
+            status, err = post(server, request | fields, path=path)
+            assert (status, err["type"], err["code"], err["param"]) == (
+                400,
+                "invalid_request_error",
+                "invalid_value",
+                param,
+            ), (path, fields, err)
+    assert healthy(server)
+    # what OpenAI accepts still passes: real booleans, and integers where a number is expected
+    for fields in ({"stream": False, "temperature": 0, "top_p": 1}, {"temperature": 1, "logprobs": False}):
+        reply = httpx.post(
+            server.base_url + "/v1/chat/completions",
+            json=body(uri(RED)) | fields,
+            headers={"Authorization": f"Bearer {KEY}"},
+            timeout=60,
+        )
+        assert reply.status_code == 200 and reply.json()["object"] == "chat.completion", reply.text
+
+
 def test_openai_client_raises_typed_errors(client):
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=[user("x", uri(RED))])

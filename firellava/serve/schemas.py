@@ -1,7 +1,9 @@
 """OpenAI request and response shapes (chat completions with image parts; completions with FireLLaVA's `images`).
 
 Unknown request fields are ignored, as OpenAI-compatible servers do; fields we cannot honour (n > 1, logprobs,
-tools) are refused rather than silently dropped.
+tools) are refused rather than silently dropped. Known fields take only their JSON type, as OpenAI checks them:
+`"stream": "yes"` or `1` is not a boolean, `"max_tokens": "5"` or `5.0` not an integer (an integer is a number,
+though: `"temperature": 0` is fine).
 """
 
 from __future__ import annotations
@@ -13,21 +15,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from firellava.serve.errors import APIError
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+class _Body(BaseModel):
+    # strict: no coercion between JSON types (pydantic's lax mode would read "yes" or 1 as true)
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
-class ImageURL(_Lenient):
+class ImageURL(_Body):
     url: str
     detail: Literal["auto", "low", "high"] | None = None  # accepted and ignored (one resolution per model)
 
 
-class TextPart(_Lenient):
+class TextPart(_Body):
     type: Literal["text"]
     text: str
 
 
-class ImagePart(_Lenient):
+class ImagePart(_Body):
     type: Literal["image_url"]
     image_url: ImageURL
 
@@ -40,16 +43,16 @@ class ImagePart(_Lenient):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class ChatMessage(_Lenient):
+class ChatMessage(_Body):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
 
 
-class StreamOptions(_Lenient):
+class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class _Sampling(_Lenient):
+class _Sampling(_Body):
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)

@@ -1,0 +1,47 @@
+"""Response bodies in OpenAI's shapes, shared by the plain and the streamed answers."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from firellava.engines.base import Generation
+from firellava.serve.errors import APIError
+
+
+def usage(gen: Generation) -> dict[str, int]:
+    return {
+        "prompt_tokens": gen.prompt_tokens,
+        "completion_tokens": gen.completion_tokens,
+        "total_tokens": gen.prompt_tokens + gen.completion_tokens,
+    }
+
+
+def completion_body(rid: str, model: str, gen: Generation, *, chat: bool) -> dict[str, Any]:
+    if chat:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": gen.text},
+            "logprobs": None,
+            "finish_reason": gen.finish_reason,
+        }
+    else:
+        choice = {"index": 0, "text": gen.text, "logprobs": None, "finish_reason": gen.finish_reason}
+    return {
+        "id": rid,
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": usage(gen),
+    }
+
+
+def timed_out(limit_s: float) -> APIError:
+    return APIError(503, f"generation took longer than {limit_s}s", code="timeout")
+
+
+def sse(body: dict[str, Any]) -> str:
+    """One server-sent event carrying a JSON body."""
+    return f"data: {json.dumps(body)}\n\n"
