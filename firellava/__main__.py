@@ -1,4 +1,4 @@
-"""`python -m pipeline [overrides]`: run the configured stages in order and record each in summary.json."""
+"""`python -m firellava [overrides]`: run the configured stages in order and record each in summary.json."""
 
 from __future__ import annotations
 

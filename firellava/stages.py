@@ -1,4 +1,4 @@
-"""The stages `python -m pipeline` knows, in pipeline order. Each maps to `module:function(cfg) -> dict`, the
+"""The stages `python -m firellava` knows, in pipeline order. Each maps to `module:function(cfg) -> dict`, the
 stage entry that turns its config subtree into typed arguments and returns its summary entry."""
 
 from __future__ import annotations

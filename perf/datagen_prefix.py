@@ -1,11 +1,11 @@
 """Datagen benchmark: the shared-prefix fraction of prompt tokens per type (system message + few-shot examples,
 what vLLM's prefix cache serves once), and the generation throughput of an engine on real datagen prompts.
 
-CPU, the toy world (build it first: `python -m pipeline stages=[toy_world] paths.output_dir=/tmp/w`):
-    python benchmarks/datagen_prefix.py --world /tmp/w/toy_world --teacher /tmp/w/toy_world/models/teacher \
+CPU, the toy world (build it first: `python -m firellava stages=[toy_world] paths.output_dir=/tmp/w`):
+    python perf/datagen_prefix.py --world /tmp/w/toy_world --teacher /tmp/w/toy_world/models/teacher \
         --prompt-set toy
 GPU, vLLM with CodeLlama-34B's config and random weights (no download of the 68 GB), prefix cache on vs off:
-    python benchmarks/datagen_prefix.py --world /tmp/w/toy_world --teacher codellama/CodeLlama-34b-Instruct-hf \
+    python perf/datagen_prefix.py --world /tmp/w/toy_world --teacher codellama/CodeLlama-34b-Instruct-hf \
         --backend vllm --load-format dummy --tensor-parallel-size 2 --per-type 256 --max-tokens 512
 """
 

@@ -6,8 +6,8 @@ count and the cores, and is measured separately in production.
 
 Side by side, in the same way: a plain `json.load` of the same input file, what LLaVA-style tooling does.
 
-    .venv/bin/python benchmarks/mix_scale.py                # full scale (about 1 GB written under --workdir)
-    .venv/bin/python benchmarks/mix_scale.py --scale 0.05   # a quick look
+    .venv/bin/python perf/mix_scale.py                # full scale (about 1 GB written under --workdir)
+    .venv/bin/python perf/mix_scale.py --scale 0.05   # a quick look
 """
 
 from __future__ import annotations

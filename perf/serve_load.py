@@ -3,7 +3,7 @@
 N concurrent clients each send R chat requests with one image (greedy, fixed max_tokens). Prints p50/p95 latency
 and requests/s for both, and the server's overhead at p50. Bounded: N x R requests, each with a timeout.
 
-    .venv/bin/python benchmarks/serve_load.py --model outputs/demo/finetune --clients 4 --requests 6
+    .venv/bin/python perf/serve_load.py --model outputs/demo/finetune --clients 4 --requests 6
 """
 
 from __future__ import annotations

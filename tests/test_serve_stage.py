@@ -1,4 +1,4 @@
-"""The `serve` stage at the end of `make demo`, and `python -m serve`'s refusal of a missing checkpoint."""
+"""The `serve` stage at the end of `make demo`, and `python -m firellava.serve`'s refusal of a missing checkpoint."""
 
 from __future__ import annotations
 

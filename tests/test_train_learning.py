@@ -1,7 +1,7 @@
 """The trained toy model has learned: held-out scenes, questions about their shapes, accuracy far above chance.
 
 A toy world with enough short-answer data and a pretrained tiny vision tower goes through the real stages
-(pretrain, then finetune through the `deepspeed` launcher); `train.heldout` then asks colour, shape, count and
+(pretrain, then finetune through the `deepspeed` launcher); `firellava.toy.heldout` then asks colour, shape, count and
 existence questions about fresh scenes. The budget here is about 210 steps, a quarter of the demo's, and at that
 budget only colour is learned: measured at 265 steps, colour 0.72 (chance 0.17), shape 0.36 and count 0.32
 (chance 0.33). Shape, count and existence need the demo's 840 steps, its longer-trained tower and its

@@ -1,1 +1,1 @@
-"""The built-in OpenAI-compatible endpoint for the trained checkpoint (`python -m serve`, stage `serve`)."""
+"""The built-in OpenAI-compatible endpoint for the trained checkpoint (`python -m firellava.serve`, stage `serve`)."""

@@ -1,7 +1,7 @@
-"""`python -m serve [hydra overrides]` (or `make serve ARGS="..."`): serve a checkpoint with the `serve` config.
+"""`python -m firellava.serve [hydra overrides]` (or `make serve ARGS="..."`): serve a checkpoint with the `serve` config.
 
-python -m serve                                   # the demo's finetuned toy model on 127.0.0.1:8000
-python -m serve serve.model=/ckpt serve.port=9000 serve.api_key=secret serve.backend=vllm
+python -m firellava.serve                                   # the demo's finetuned toy model on 127.0.0.1:8000
+python -m firellava.serve serve.model=/ckpt serve.port=9000 serve.api_key=secret serve.backend=vllm
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Run the server in a child process and wait until it answers: used by the demo stage, the tests and the
-benchmark. `python -m serve.process SETTINGS.json PARENT_PID` is the child's entry; it exits by itself when its
+benchmark. `python -m firellava.serve.process SETTINGS.json PARENT_PID` is the child's entry; it exits by itself when its
 parent dies, so no server outlives the process that started it."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The scenes are drawn with a seed and image ids the toy world never uses, and the
 world's own generators, asked in the VQAv2 short-answer format the mix teaches. Chance: colour 1/6, shape 1/3,
 count 1/3, exists ("is there a <colour> <shape>", yes and no equally often) 1/2. `named_object` checks that
 answers depend on the object a question names (see `heldout_accuracy`).
-`python -m train.heldout <model_dir> [n] [seed]` prints the accuracies as JSON.
+`python -m firellava.toy.heldout <model_dir> [n] [seed]` prints the accuracies as JSON.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def heldout_accuracy(model_dir: str | Path, n: int = 60, seed: int = 12345) -> d
 if __name__ == "__main__":
     args = sys.argv[1:]
     if not args:
-        raise SystemExit("usage: python -m train.heldout <model_dir> [n] [seed]")
+        raise SystemExit("usage: python -m firellava.toy.heldout <model_dir> [n] [seed]")
     n = int(args[1]) if len(args) > 1 else 60
     seed = int(args[2]) if len(args) > 2 else 12345
     print(json.dumps(heldout_accuracy(args[0], n, seed), indent=2))
