@@ -123,7 +123,7 @@ def answers(out: Path, model_name: str) -> dict[str, dict[str, str]]:
 
 
 def test_eval_through_the_server_matches_in_process(tiny_llava, tmp_path):
-    from firellava.core.model_builder import save_llava
+    from tests.llava_helpers import save_llava
 
     model, processor = tiny_llava
     checkpoint = save_llava(model, processor, tmp_path / "finetune")
