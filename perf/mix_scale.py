@@ -26,6 +26,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from firellava.core.instructions import (  # noqa: E402
+    OPTION_LETTER,
+    REGION_DESCRIPTION_PROMPT,
+    SHORT_ANSWER,
+    TEXTCAPS_PROMPT,
+)
+from firellava.core.io import write_jsonl  # noqa: E402
+from firellava.core.records import conversation  # noqa: E402
+
 # Published counts and a rough mean text length per record (bytes), so the file is ~1 GB.
 COUNTS = {
     "llava_instruct": (157_712, 2000),
@@ -40,9 +49,7 @@ COUNTS = {
     "vg": (86_417, 1200),
 }
 GENERATED = {"conversation": 58_000, "detail": 23_000, "complex_reasoning": 77_000}
-SHORT = "Answer the question using a single word or phrase."
-LETTER = "Answer with the option's letter from the given choices directly."
-REGION = "Please provide a short description for this region: [0.12, 0.34, 0.56, 0.78]"
+REGION = REGION_DESCRIPTION_PROMPT + "[0.12, 0.34, 0.56, 0.78]"
 WORDS = [
     "the",
     "a",
@@ -70,13 +77,11 @@ def text(rng: random.Random, n_bytes: int) -> str:
 
 
 def turns(rng: random.Random, first: str, n_bytes: int, n_pairs: int, image: bool = True) -> list[dict]:
-    out = []
+    pairs = []
     for i in range(n_pairs):
         q = first if i == 0 else text(rng, 40) + "?"
-        if i == 0 and image:
-            q = "<image>\n" + q
-        out += [{"from": "human", "value": q}, {"from": "gpt", "value": text(rng, n_bytes // n_pairs)}]
-    return out
+        pairs.append((q, text(rng, n_bytes // n_pairs)))
+    return conversation(pairs, image=image)
 
 
 def build(work: Path, scale: float) -> dict[str, Path]:
@@ -103,20 +108,17 @@ def build(work: Path, scale: float) -> dict[str, Path]:
                     {
                         "id": f"{cid:012d}",
                         "image": coco,
-                        "conversations": turns(rng, f"{q}\n{SHORT}", size, 1),
+                        "conversations": turns(rng, f"{q}\n{SHORT_ANSWER}", size, 1),
                     }
                 )
                 continue
             first, image = {
                 "llava_instruct": (f"Describe scene {i}.", coco),
-                "a_okvqa": (f"Which one?\nA. x\nB. y\n{LETTER}", coco),
+                "a_okvqa": (f"Which one?\nA. x\nB. y\n{OPTION_LETTER}", coco),
                 "refcoco": (REGION, coco),
-                "gqa": (f"Is it left?\n{SHORT}", f"gqa/images/{i}.jpg"),
-                "ocr_vqa": (f"Who wrote it?\n{SHORT}", f"ocr_vqa/images/{i}.jpg"),
-                "textcaps": (
-                    "Provide a one-sentence caption for the provided image.",
-                    f"textvqa/train_images/{i}.jpg",
-                ),
+                "gqa": (f"Is it left?\n{SHORT_ANSWER}", f"gqa/images/{i}.jpg"),
+                "ocr_vqa": (f"Who wrote it?\n{SHORT_ANSWER}", f"ocr_vqa/images/{i}.jpg"),
+                "textcaps": (TEXTCAPS_PROMPT, f"textvqa/train_images/{i}.jpg"),
                 "vg": (REGION, f"vg/VG_100K/{i}.jpg"),
             }[name]
             conv = turns(rng, first, size, 3 if name in ("llava_instruct", "vg", "refcoco") else 2)
@@ -134,20 +136,22 @@ def build(work: Path, scale: float) -> dict[str, Path]:
         (data / name / file).write_text(json.dumps({"questions": questions[name]}))
     gen = work / "datagen"
     gen.mkdir()
+
+    def generated(kind: str, n: int):
+        for _ in range(n):
+            cid = rng.choice(coco_ids)
+            yield {
+                "id": f"{cid:012d}",
+                "image": f"coco/train2017/{cid:012d}.jpg",
+                "conversations": turns(rng, "What is happening here?", 1500, 2),
+                "source": "firellava_generated",
+                "license": "llama2",
+                "model": "codellama/CodeLlama-34b-Instruct-hf",
+                "type": kind,
+            }
+
     for kind, count in GENERATED.items():
-        with (gen / f"{kind}.jsonl").open("w") as f:
-            for _ in range(round(count * scale)):
-                cid = rng.choice(coco_ids)
-                r = {
-                    "id": f"{cid:012d}",
-                    "image": f"coco/train2017/{cid:012d}.jpg",
-                    "conversations": turns(rng, "What is happening here?", 1500, 2),
-                    "source": "firellava_generated",
-                    "license": "llama2",
-                    "model": "codellama/CodeLlama-34b-Instruct-hf",
-                    "type": kind,
-                }
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        write_jsonl(gen / f"{kind}.jsonl", generated(kind, round(count * scale)))
     return paths
 
 

@@ -12,8 +12,8 @@ from firellava.core.chat_format import (
     IGNORE_INDEX,
     ChatFormatError,
     encode,
-    render,
 )
+from tests.llava_helpers import render
 
 
 def conv(*texts: str) -> list[dict]:

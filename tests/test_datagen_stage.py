@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from firellava.core.records import check_record
 from firellava.datagen.stage import DatagenSpec, Sources, Teacher, WandbSpec, generate_dataset
 from firellava.engines import SamplingParams, build_engine
 from firellava.toy.teacher import LLAMA2_CHAT_TEMPLATE
@@ -97,6 +98,7 @@ def test_output_contract(reference, toy_world):
             assert r["image"].startswith("coco/train2017/")
             assert (Path(toy_world["image_folder"]) / r["image"]).is_file()
             assert r["conversations"][0]["value"].startswith("<image>\n")
+            check_record(r, f"{t}.jsonl")
     stats = json.loads((out / "stats.json").read_text())
     assert stats["generated"] == summary["generated"] and stats["teacher"]["license"] == "apache-2.0"
     assert stats["prompt_tokens"] > 0 and 0 < stats["output_tokens"] <= MAX_TOKENS * stats["generated"]

@@ -19,7 +19,7 @@ from firellava.datagen.contexts import (
     select_work,
 )
 from firellava.datagen.generate import chunks, shard_work
-from firellava.datagen.parse import REJECT_REASONS, ParseRules, Rejected, parse_generation, to_turns
+from firellava.datagen.parse import REJECT_REASONS, ParseRules, Rejected, parse_generation
 from firellava.datagen.prefix import prompt_ids, shared_prefix
 from firellava.datagen.prompts import LLAVA, TOY, format_response
 from firellava.engines import Prompt
@@ -145,9 +145,6 @@ def test_parse_good_generations():
     assert parse_generation("detail", " A cat sleeps on a sofa. ", "stop", RULES, "Describe.") == [
         ("Describe.", "A cat sleeps on a sofa.")
     ]
-    turns = to_turns([("Q1", "A1"), ("Q2", "A2")])
-    assert turns[0] == {"from": "human", "value": "<image>\nQ1"} and turns[2]["value"] == "Q2"
-    assert [t["from"] for t in turns] == ["human", "gpt", "human", "gpt"]
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from firellava.core.instructions import OPTION_LETTER
 from firellava.eval.benchmarks import Question, get_benchmark
-from firellava.eval.benchmarks.base import OPTION_LETTER
 from firellava.eval.benchmarks.choice import (
     CIRCULAR_STRIDE,
     MMBench,
@@ -249,6 +249,20 @@ def test_mmbench_judge_maps_an_answer_without_letter(tmp_path):
     lost = {**answers, str(CIRCULAR_STRIDE + 1): "B"}
     skipped = woof_judge("judge-a")
     assert bench.score(questions, lost, Judge(skipped))["judge_asked"] == 0 and skipped.prompts == 0
+
+
+def test_answer_cache_resumes_after_a_torn_last_line(tmp_path):
+    from firellava.eval.answers import AnswerCache
+
+    path = tmp_path / "gqa.jsonl"
+    rows = [{"question_id": q, "text": t, "model_id": "m-1"} for q, t in (("1", "a"), ("2", "b"))]
+    AnswerCache(path, "m-1").append(rows)
+    path.write_text(path.read_text()[:-5])  # killed while writing the second answer
+    resumed = AnswerCache(path, "m-1")
+    assert resumed.answers() == {"1": "a"}
+    # what is appended next starts on its own line, so the file reads back whole
+    resumed.append([{**rows[1], "text": "b2"}])
+    assert AnswerCache(path, "m-1").answers() == {"1": "a", "2": "b2"}
 
 
 def test_judge_reviews_are_cached_per_judge_and_prompt(tmp_path):

@@ -23,7 +23,7 @@ ENGINE = {
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_llava, tmp_path_factory):
-    from firellava.core.model_builder import save_llava
+    from tests.llava_helpers import save_llava
 
     model, processor = tiny_llava
     return save_llava(model, processor, tmp_path_factory.mktemp("eval") / "finetune")

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoTokenizer
 
 from firellava.core.chat_format import IGNORE_INDEX
-from firellava.toy import language as lang
+from firellava.core.instructions import SHORT_ANSWER
 from firellava.toy.llm_pretrain import (
     NO_WORD,
     LlmPretrainSpec,
@@ -82,7 +82,7 @@ def test_chat_example_puts_the_scene_where_the_image_goes_and_supervises_answers
     assert sum(a != NO_WORD for a in example.added) == len(CENTRES)
     text = tok.decode(ids[slot + GRID * GRID :])
     assert text.startswith("\nIs there a red circle in the image?")
-    assert lang.SHORT_ANSWER_PROMPT in text and "What color is the triangle?" in text
+    assert SHORT_ANSWER in text and "What color is the triangle?" in text
     answers = supervised_text(tok, ids, labels)
     assert "yes" in answers and "blue" in answers and "circle" not in answers
 

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
+from firellava.core.instructions import (
+    OPTION_LETTER,
+    REGION_BOX_PROMPT,
+    REGION_DESCRIPTION_PROMPT,
+    SHORT_ANSWER,
+)
 from firellava.core.io import read_json, sha256_file
 from firellava.mix.io import JsonListReader
 from firellava.mix.sources import Classifier, load_registry
@@ -94,6 +101,23 @@ def rewrite_mix(out: Path, edit) -> None:
     records = json.loads(path.read_text())
     edit(records)
     path.write_text(json.dumps(records))
+
+
+def test_registry_markers_are_the_kernels_llava_prompts():
+    """The registry spells LLaVA's prompts out, as data a reviewer reads; they must be the ones the rest of
+    the project writes and asks (`core.instructions`)."""
+    raw = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "mix" / "sources" / "llava_1_5_mix665k.yaml"))
+    markers = {
+        name: (entry.get("first_turn_suffixes", []), entry.get("first_turn_prefixes", []))
+        for name, entry in raw.items()
+        if entry.get("first_turn_suffixes") or entry.get("first_turn_prefixes")
+    }
+    assert markers == {
+        "a_okvqa": ([OPTION_LETTER], []),
+        "refcoco": ([], [REGION_DESCRIPTION_PROMPT.strip(), REGION_BOX_PROMPT.strip()]),
+        "vqav2": ([SHORT_ANSWER], []),
+        "okvqa": ([SHORT_ANSWER], []),
+    }
 
 
 def test_classifier_gives_every_toy_record_its_source(world):
@@ -248,7 +272,10 @@ def test_unclassified_records_are_all_listed(out):
             "outside the first",
         ),
         (lambda r: r["conversations"].append({"from": "human", "value": "and?"}), "expected human/gpt pairs"),
-        (lambda r: r["conversations"][1].update({"from": "human"}), "conversations[1].from: expected 'gpt'"),
+        (
+            lambda r: r["conversations"][1].update({"from": "human"}),
+            "field 'conversations[1].from': expected 'gpt'",
+        ),
     ],
 )
 def test_invalid_records_fail_naming_record_and_field(out, damage, problem):

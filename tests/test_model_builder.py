@@ -7,15 +7,13 @@ import torch
 from PIL import Image
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-from firellava.core.chat_format import render
 from firellava.core.model_builder import (
     ModelSpec,
     build_processor,
     llava_config,
-    load_llava,
     num_image_tokens,
-    save_llava,
 )
+from tests.llava_helpers import load_llava, render, save_llava
 
 
 def test_production_image_token_count_from_configs_alone(tokenizer):

@@ -36,7 +36,7 @@ def user(text: str, *urls: str) -> dict:
 
 @pytest.fixture(scope="module")
 def llava_dir(tiny_llava, tmp_path_factory):
-    from firellava.core.model_builder import save_llava
+    from tests.llava_helpers import save_llava
 
     model, processor = tiny_llava
     return str(save_llava(model, processor, tmp_path_factory.mktemp("serve") / "llava"))

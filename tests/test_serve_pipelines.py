@@ -119,7 +119,7 @@ def answers(out: Path, model_name: str) -> dict[str, dict[str, str]]:
 
 
 def test_eval_through_the_server_matches_in_process(tiny_llava, toy_world, tmp_path):
-    from firellava.core.model_builder import save_llava
+    from tests.llava_helpers import save_llava
 
     model, processor = tiny_llava
     checkpoint = save_llava(model, processor, tmp_path / "finetune")

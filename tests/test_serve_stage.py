@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_serve_stage_answers_one_chat_request(tiny_llava, tmp_path, capsys):
-    from firellava.core.model_builder import save_llava
+    from tests.llava_helpers import save_llava
 
     model, processor = tiny_llava
     checkpoint = save_llava(model, processor, tmp_path / "out" / "finetune")

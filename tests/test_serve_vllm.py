@@ -14,8 +14,8 @@ pytestmark = pytest.mark.gpu
 
 def test_vllm_adapter_generates_and_streams(tiny_llava, tmp_path):
     pytest.importorskip("vllm")
-    from firellava.core.model_builder import save_llava
     from firellava.serve.vllm_adapter import VLLMServeEngine
+    from tests.llava_helpers import save_llava
 
     model, processor = tiny_llava
     path = str(save_llava(model, processor, tmp_path / "llava"))

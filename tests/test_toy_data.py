@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
+from firellava.core.instructions import BRIEF_INSTRUCTIONS, TEXTCAPS_PROMPT
 from firellava.toy import language as lang
 from firellava.toy.data import DEFAULT_PER_SOURCE, SOURCES, ToyData, build_toy_data
 from firellava.toy.scenes import COLOURS, SHAPES, draw_scene, sample_scene
@@ -164,7 +165,7 @@ def test_question_generators_tell_the_truth():
         item = lang.multiple_choice(scene, rng)
         assert len(item.choices) == 4 and len(set(item.choices)) == 4 and item.letter in "ABCD"
     assert 70 <= yes <= 130, "yes/no answers should be balanced"
-    assert len(lang.BRIEF_INSTRUCTIONS) == 11 and len(set(lang.BRIEF_INSTRUCTIONS)) == 11
+    assert len(BRIEF_INSTRUCTIONS) == 11 and len(set(BRIEF_INSTRUCTIONS)) == 11
 
 
 # --- files --------------------------------------------------------------------------------------------------
@@ -259,7 +260,7 @@ def test_source_specific_formats(toy):
         )
     for record in by_source["textcaps"]:
         assert re.fullmatch(r"[0-9a-f]{16}", record["id"])
-        assert first_question(record) == lang.TEXTCAPS_PROMPT and len(record["conversations"]) == 2
+        assert first_question(record) == TEXTCAPS_PROMPT and len(record["conversations"]) == 2
     for record in by_source["vg"]:
         assert re.fullmatch(r"VG_100K(_2)?/\d+", record["id"]) and record["image"] == f"vg/{record['id']}.jpg"
     for record in by_source["a_okvqa"]:
@@ -321,7 +322,7 @@ def test_image_token_once_in_first_human_turn(toy):
     for record in load(toy.pretrain_json):
         human = record["conversations"][0]["value"]
         assert human.count("<image>") == 1
-        assert human.replace("<image>", "").strip() in lang.BRIEF_INSTRUCTIONS
+        assert human.replace("<image>", "").strip() in BRIEF_INSTRUCTIONS
 
 
 def test_every_referenced_image_exists_and_decodes(toy):

@@ -14,12 +14,11 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 from transformers import AutoProcessor, CLIPVisionModel, LlamaForCausalLM
 
-from firellava.core.chat_format import render
-from firellava.core.model_builder import load_llava
 from firellava.engines import build_engine
 from firellava.engines.base import Prompt, SamplingParams
 from firellava.train.export import PROJECTOR_FILE, RESULT_FILE
 from firellava.train.launch import run_finetune, run_pretrain
+from tests.llava_helpers import load_llava, render
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

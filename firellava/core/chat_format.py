@@ -192,11 +192,6 @@ def _plain_segments(messages: Sequence[Message], where: str, bos_token: str) -> 
     return [Segment(bos_token + IMAGE_TOKEN, False), Segment(messages[1].text + "\n", True)]
 
 
-def render(turns: Sequence[Mapping[str, Any]] | Sequence[Message], **kwargs: Any) -> str:
-    """The prompt string (what the Jinja `chat_template` renders for the same messages)."""
-    return "".join(s.text for s in segments(turns, **kwargs))
-
-
 # ----------------------------------------------------------------------------------------------- tokens
 
 
@@ -250,6 +245,7 @@ def _tokenize_segment(text: str, tokenizer: Any, specials: Mapping[str, int]) ->
 # The same vicuna_v1 rendering for `processor.apply_chat_template` (and vLLM / the server). Content may be a
 # string with `<image>` marks or a list of {"type": "image"} / {"type": "text"} parts; images go first.
 CHAT_TEMPLATE = (
+    "{%- set image_token = " + repr(IMAGE_TOKEN) + " -%}"
     "{%- set ns = namespace(system=" + repr(DEFAULT_SYSTEM) + ", start=0, text='', images=0) -%}"
     "{%- if messages and messages[0]['role'] == 'system' -%}"
     "{%- if messages[0]['content'] is string -%}{%- set ns.system = messages[0]['content'] -%}"
@@ -264,19 +260,19 @@ CHAT_TEMPLATE = (
     "{{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') -}}"
     "{%- endif -%}"
     "{%- if message['content'] is string -%}"
-    "{%- set ns.images = message['content'].count('<image>') -%}"
+    "{%- set ns.images = message['content'].count(image_token) -%}"
     "{%- set ns.text = message['content'] -%}"
     "{%- else -%}"
     "{%- set ns.images = message['content'] | selectattr('type', 'in', ['image', 'image_url']) | list | length -%}"
     "{%- set ns.text = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text')"
     " | join('\\n') -%}"
-    "{%- set ns.images = ns.images + ns.text.count('<image>') -%}"
+    "{%- set ns.images = ns.images + ns.text.count(image_token) -%}"
     "{%- endif -%}"
     "{%- if bos_token in ns.text or eos_token in ns.text -%}"
     "{{- raise_exception('A message contains the template marker ' + eos_token + ' or ' + bos_token) -}}"
     "{%- endif -%}"
     "{%- if ns.images > 0 -%}"
-    "{%- set ns.text = '<image>' * ns.images + '\\n' + ns.text.replace('<image>', '') | trim -%}"
+    "{%- set ns.text = image_token * ns.images + '\\n' + ns.text.replace(image_token, '') | trim -%}"
     "{%- endif -%}"
     "{%- if message['role'] == 'user' -%}{{- 'USER: ' + ns.text + ' ' -}}"
     "{%- else -%}{{- 'ASSISTANT: ' + ns.text + eos_token -}}{%- endif -%}"

@@ -1,4 +1,5 @@
-"""LLaVA's instruction pools, shared by datagen (the questions it asks) and the toy world (the data it mimics)."""
+"""LLaVA's instruction pools and prompt strings, shared by datagen (the questions it asks), the mix (how it
+recognizes sources), eval (the benchmark prompts) and the toy world (the data it mimics)."""
 
 # The paper's 11 "brief description" instructions, used as LCS-558K pretraining prompts.
 BRIEF_INSTRUCTIONS: tuple[str, ...] = (
@@ -28,3 +29,14 @@ DETAIL_INSTRUCTIONS: tuple[str, ...] = (
     "What are the key elements in this picture?",
     "What is this photo about?",
 )
+
+# Response-format suffixes LLaVA-1.5 appends to a question, in its training mix and in its eval prompts alike;
+# the mix stage recognizes sources by them (conf/mix/sources/ spells them out, and a test holds it to these).
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+OPTION_LETTER = "Answer with the option's letter from the given choices directly."
+
+# Task prompts of the mix's TextCaps and region (RefCOCO / Visual Genome) records; a region prompt is followed
+# by a box or a referring expression.
+TEXTCAPS_PROMPT = "Provide a one-sentence caption for the provided image."
+REGION_DESCRIPTION_PROMPT = "Please provide a short description for this region: "
+REGION_BOX_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: "

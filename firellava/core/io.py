@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -78,8 +81,36 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def iter_jsonl(path: str | Path, hasher: Any = None) -> Iterator[tuple[int, Any, str]]:
-    """(line number, record, its JSON text) for each non-blank line; `hasher.update` sees every byte read."""
+def _write_lines(f: TextIO, rows: Iterable[Any]) -> None:
+    # One compact JSON value per line, non-ASCII text kept as it is.
+    for row in rows:
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        _write_lines(f, rows)
+    return Path(path)
+
+
+def append_jsonl(path: str | Path, rows: Iterable[Any]) -> None:
+    """Add lines at the end and flush: a file that grows batch by batch, where a kill loses at most the batch
+    being written (`iter_jsonl(..., drop_torn_tail=True)` reads such a file back)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        _write_lines(f, rows)
+        f.flush()
+
+
+def iter_jsonl(
+    path: str | Path, hasher: Any = None, *, drop_torn_tail: bool = False
+) -> Iterator[tuple[int, Any, str]]:
+    """(line number, record, its JSON text) for each non-blank line; `hasher.update` sees every byte read.
+
+    A line that does not parse is an error naming the file, line and column, except with `drop_torn_tail` for
+    a last line without its newline: what a run killed mid-write leaves, dropped with a warning.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
@@ -92,10 +123,13 @@ def iter_jsonl(path: str | Path, hasher: Any = None) -> Iterator[tuple[int, Any,
             try:
                 text = raw.decode("utf-8").strip()
                 value = json.loads(text)
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                if drop_torn_tail and not raw.endswith(b"\n"):
+                    log.warning("%s: line %d: dropping a truncated last line (interrupted run)", path, number)
+                    return
+                if isinstance(e, UnicodeDecodeError):
+                    raise ValueError(f"{path}: line {number} is not UTF-8 ({e.reason})") from None
                 raise ValueError(
                     f"{path}: invalid JSON at line {number}, column {e.colno}: {e.msg}"
                 ) from None
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}: line {number} is not UTF-8 ({e.reason})") from None
             yield number, value, text

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     CLIPVisionConfig,
@@ -60,12 +58,6 @@ class ModelSpec:
             )
         if self.image_aspect_ratio not in ("pad", "square"):
             raise ValueError(f"model.image_aspect_ratio={self.image_aspect_ratio!r}; supported: pad, square")
-
-
-def vision_config_of(path: str) -> CLIPVisionConfig:
-    """The vision config of a CLIP checkpoint, whether it is a full CLIP model or a vision-only one."""
-    config = AutoConfig.from_pretrained(path)
-    return config.vision_config if hasattr(config, "vision_config") else config
 
 
 def num_image_tokens(vision_config: CLIPVisionConfig, vision_feature: str = "patch") -> int:
@@ -168,19 +160,4 @@ def build_llava(spec: ModelSpec) -> tuple[LlavaForConditionalGeneration, LlavaPr
         model.get_input_embeddings().num_embeddings,
         sum(p.numel() for p in model.parameters()) / 1e6,
     )
-    return model, processor
-
-
-def save_llava(model: LlavaForConditionalGeneration, processor: LlavaProcessor, out_dir: str | Path) -> Path:
-    out = Path(out_dir)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
-
-
-def load_llava(
-    path: str | Path, dtype: str = "float32"
-) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    model = LlavaForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype))
-    processor = LlavaProcessor.from_pretrained(path)
     return model, processor

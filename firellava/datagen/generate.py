@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from firellava.core.instructions import DETAIL_INSTRUCTIONS
-from firellava.core.io import atomic_path, read_json, write_json
+from firellava.core.io import iter_jsonl, read_json, write_json, write_jsonl
 from firellava.datagen.contexts import USES_BOXES, ImageContext, WorkItem, format_context
 from firellava.datagen.parse import ParseRules, Rejected, parse_generation
 from firellava.datagen.prompts import PromptSet
@@ -120,7 +120,7 @@ def generate_chunks(
         seconds = time.perf_counter() - t0
         if len(gens) != len(batch):
             raise RuntimeError(f"engine returned {len(gens)} generations for {len(batch)} prompts")
-        lines = []
+        rows = []
         for item, gen in zip(chunk.items, gens):
             row = {
                 "id": item.id,
@@ -140,10 +140,9 @@ def generate_chunks(
                 parsed += 1
             except Rejected:
                 pass
-            lines.append(json.dumps(row, ensure_ascii=False))
+            rows.append(row)
             tokens += gen.completion_tokens
-        with atomic_path(parts_dir / f"{chunk.name}.jsonl") as tmp:
-            tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        write_jsonl(parts_dir / f"{chunk.name}.jsonl", rows)
         n_done += len(chunk.items)
         elapsed = time.perf_counter() - start
         log.info(
@@ -165,12 +164,7 @@ def read_parts(parts_dir: Path, todo: Sequence[Chunk]) -> list[dict[str, Any]]:
         path = parts_dir / f"{chunk.name}.jsonl"
         if not path.exists():
             raise FileNotFoundError(f"{path}: chunk not generated")
-        got = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            try:
-                got.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {n} is not JSON ({e.msg})") from e
+        got = [row for _, row, _ in iter_jsonl(path)]
         ids = [r.get("id") for r in got]
         expected = [w.id for w in chunk.items]
         if ids != expected:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firellava.core.io import atomic_path, write_json
+from firellava.core.io import atomic_path, write_json, write_jsonl
+from firellava.core.records import SCHEMA, conversation, make_record
 from firellava.datagen.contexts import TYPES, ImageContext
 from firellava.datagen.parse import (
     REJECT_REASONS,
@@ -18,7 +19,6 @@ from firellava.datagen.parse import (
     Rejected,
     dedup_key,
     parse_generation,
-    to_turns,
 )
 from firellava.datagen.prompts import PromptSet
 
@@ -58,23 +58,17 @@ def build_records(
             continue
         file_name = contexts[row["image_id"]].file_name
         records[kind].append(
-            {
-                "id": row["id"],
-                "image": f"{image_prefix}/{file_name}" if image_prefix else file_name,
-                "conversations": to_turns(pairs),
-                "source": SOURCE,
-                "license": provenance.license,
-                "model": provenance.model,
-                "type": kind,
-            }
+            make_record(
+                row["id"],
+                conversation(pairs, image=True),
+                image=f"{image_prefix}/{file_name}" if image_prefix else file_name,
+                source=SOURCE,
+                license=provenance.license,
+                model=provenance.model,
+                type=kind,
+            )
         )
     return records, rejected
-
-
-def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def compute_stats(
@@ -165,8 +159,7 @@ def datacard(stats: Mapping[str, Any], records: Mapping[str, list[dict]], prompt
         "",
         "## Format",
         "",
-        "One JSON object per line: `id`, `image` (relative to the image folder), `conversations` "
-        "(`from` human/gpt, `<image>` in the first human turn), `source`, `license`, `model`, `type`.",
+        f"One JSON object per line in the LLaVA schema: {SCHEMA}; plus `source`, `license`, `model`, `type`.",
         "",
     ]
     for kind in TYPES:

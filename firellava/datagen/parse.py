@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from firellava.core.chat_format import IMAGE_TOKEN
 from firellava.datagen.prompts import SEPARATOR
 
 # Reasons, in the order they are checked; stats and the data card list them all, zero or not.
@@ -25,7 +26,7 @@ REJECT_REASONS: tuple[str, ...] = (
 
 _PREFIX = {"human": "Question:", "gpt": "Answer:"}
 # Strings that would become real conversation boundaries or roles in the chat format.
-_TEMPLATE_MARKERS = ("</s>", "<s>", "USER:", "ASSISTANT:", "[INST]", "[/INST]", "<<SYS>>", "<image>")
+_TEMPLATE_MARKERS = ("</s>", "<s>", "USER:", "ASSISTANT:", "[INST]", "[/INST]", "<<SYS>>", IMAGE_TOKEN)
 # Answers must read as if the model saw the image: no trace of the captions, boxes or coordinates it was given.
 _SOURCE_LEAKS = re.compile(
     r"bounding box|coordinate|\bcaptions?\b|\bannotat|object list|"
@@ -104,14 +105,6 @@ def parse_generation(
     if sum(len(q) + len(a) for q, a in pairs) > rules.max_chars:
         raise Rejected("too_long", f"more than {rules.max_chars} characters")
     return pairs
-
-
-def to_turns(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
-    """LLaVA turns with `<image>` first in the first human turn (where LLaVA-1.5's training puts it anyway)."""
-    turns = []
-    for i, (q, a) in enumerate(pairs):
-        turns += [{"from": "human", "value": f"<image>\n{q}" if i == 0 else q}, {"from": "gpt", "value": a}]
-    return turns
 
 
 def dedup_key(pairs: list[tuple[str, str]]) -> str:

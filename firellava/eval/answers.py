@@ -12,15 +12,15 @@ and a changed judge or prompt gets new reviews instead of stale ones.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from firellava.core.io import atomic_path
+from firellava.core.io import append_jsonl, iter_jsonl, write_jsonl
 from firellava.engines import Engine, Prompt, SamplingParams
 from firellava.eval.benchmarks.base import Question
 
@@ -57,9 +57,18 @@ def model_fingerprint(checkpoint: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _ends_mid_line(path: Path) -> bool:
+    with path.open("rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
 class JsonlCache:
-    """Records in a jsonl file, one per `key_field`; the last line per key wins, and a torn last line (a run
-    killed mid-write) is dropped."""
+    """Records in a jsonl file, one per `key_field`; the last line per key wins. A torn last line (a run
+    killed mid-write) is dropped and the file rewritten without it, so that what is appended next starts a
+    line."""
 
     key_field: ClassVar[str]
     required: ClassVar[tuple[str, ...]]
@@ -74,22 +83,16 @@ class JsonlCache:
         """Refuse a record that does not belong in this cache (the message starts with `where`)."""
 
     def _read(self) -> None:
-        lines = self.path.read_text(encoding="utf-8").split("\n")
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                if lineno == len(lines):
-                    log.warning("%s:%d: dropping a truncated last line (interrupted run)", self.path, lineno)
-                    continue
-                raise ValueError(f"{self.path}:{lineno}: invalid JSON: {e.msg}") from e
+        for lineno, rec, _ in iter_jsonl(self.path, drop_torn_tail=True):
+            if not isinstance(rec, dict):
+                raise ValueError(f"{self.path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
             for key in self.required:
                 if key not in rec:
                     raise ValueError(f"{self.path}:{lineno}: missing field {key!r}")
             self.check(rec, f"{self.path}:{lineno}")
             self.records[str(rec[self.key_field])] = rec
+        if _ends_mid_line(self.path):
+            write_jsonl(self.path, self.records.values())
 
 
 class AnswerCache(JsonlCache):
@@ -120,10 +123,7 @@ class AnswerCache(JsonlCache):
         )
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-            f.flush()
+        append_jsonl(self.path, records)
         for r in records:
             self.records[str(r["question_id"])] = r
 
@@ -142,11 +142,7 @@ class ReviewCache(JsonlCache):
     def put(self, records: Sequence[dict[str, Any]]) -> None:
         for r in records:
             self.records[str(r["key"])] = r
-        with atomic_path(self.path) as tmp:
-            tmp.write_text(
-                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.records.values()),
-                encoding="utf-8",
-            )
+        write_jsonl(self.path, self.records.values())
 
 
 def to_prompt(question: Question) -> Prompt:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from firellava.core.io import atomic_path, write_json
 from firellava.eval.benchmarks import BENCHMARKS
-
-log = logging.getLogger(__name__)
 
 
 def _fmt(value: float | None) -> str:

@@ -6,7 +6,6 @@ protocol, and write the report under `<output_dir>/eval/`.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from firellava.core.io import atomic_path
+from firellava.core.io import write_jsonl
 from firellava.engines import build_engine
 from firellava.eval.answers import AnswerCache, ReviewCache, generate_missing, model_fingerprint
 from firellava.eval.benchmarks import BENCHMARKS, Benchmark, Question, get_benchmark
@@ -77,7 +76,7 @@ class EvalSpec:
         return (self.max_new_tokens or {}).get(bench.name, bench.max_new_tokens)
 
 
-def _sample_rows(questions: list[Question], cache: AnswerCache, reviews: dict[str, Any]) -> str:
+def _sample_rows(questions: list[Question], cache: AnswerCache, reviews: dict[str, Any]) -> list[dict]:
     rows = []
     for q in questions:
         rec = cache.records[q.qid]
@@ -91,7 +90,7 @@ def _sample_rows(questions: list[Question], cache: AnswerCache, reviews: dict[st
                 **({"judge": reviews[q.qid]} if q.qid in reviews else {}),
             }
         )
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return rows
 
 
 def evaluate(
@@ -148,8 +147,7 @@ def evaluate(
         judge_generated += bench_judge.generated if bench_judge else 0
         reviews = metrics.pop("reviews", {})
         submission = b.submission(questions, cache.answers(), out_dir / "submissions")
-        with atomic_path(out_dir / "samples" / f"{b.name}.jsonl") as tmp:
-            tmp.write_text(_sample_rows(questions, cache, reviews), encoding="utf-8")
+        write_jsonl(out_dir / "samples" / f"{b.name}.jsonl", _sample_rows(questions, cache, reviews))
         results[b.name] = {
             "split": b.split,
             "metric": b.metric,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from firellava.core.records import SCHEMA
+
 REASONS = {
     "noncommercial": "source's license does not allow commercial use",
     "invalid": "record failed schema validation",
@@ -66,9 +68,8 @@ def render_datacard(manifest: dict[str, Any]) -> str:
         "",
         "## Validation",
         "",
-        "Every selected record has the LLaVA schema (`id`, `conversations` alternating human/gpt starting with "
-        "human, non-empty values), `<image>` exactly once in the first human turn of an image record and "
-        f"never in a text-only one, and its image file passed the `{images['check']}` check "
+        f"Every selected record has the LLaVA schema: {SCHEMA}; and its image file passed the "
+        f"`{images['check']}` check "
         f"({images['distinct_images']:,} distinct images; digest `{images['digest']}`).",
         "",
         "## Inputs",

@@ -10,7 +10,6 @@ first rule in registry order wins, which keeps the classification deterministic.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -18,12 +17,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from firellava.core.chat_format import IMAGE_TOKEN
 from firellava.core.io import read_json, sha256_file
 from firellava.mix.io import JsonListReader
 
-log = logging.getLogger(__name__)
-
-IMAGE_TOKEN = "<image>"
 _IMAGE_NUMBER = re.compile(r"(\d+)\.\w+$")
 
 

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from firellava.core.io import atomic_path, iter_jsonl, staged_dir, write_json
+from firellava.core.records import record_problem
 from firellava.mix.card import render_datacard
 from firellava.mix.io import JsonListReader
 from firellava.mix.plan import draw, plan_counts, shuffle
 from firellava.mix.sources import Classifier, SourceSpec, load_registry
-from firellava.mix.validate import MISSING, OK, UNDECODABLE, check_images, images_digest, record_error
+from firellava.mix.validate import MISSING, OK, UNDECODABLE, check_images, images_digest
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +113,14 @@ class _Pool:
 
     def add(self, name: str, where: str, record: Any, text: str, labelled: bool = False) -> None:
         """Validate the record's schema now, while it is parsed; keep only its text."""
-        error = record_error(record)
+        problem = record_problem(record)
         rid = record.get("id") if isinstance(record, dict) else None
-        if error is None:
+        if problem is None:
             self.items[name].append(_Item(where, rid, record.get("image"), text, labelled))
             return
-        self.invalid.append(f"{name} {where} (id {rid!r}): {error}")
+        self.invalid.append(f"{name} {where} (id {rid!r}): {problem}")
         self.excluded["invalid"][name] += 1
-        self.dropped["invalid"].append({"source": name, "where": where, "id": rid, "problem": error})
+        self.dropped["invalid"].append({"source": name, "where": where, "id": rid, "problem": str(problem)})
 
 
 def _listing(problems: list[str], what: str) -> str:

@@ -1,6 +1,6 @@
-"""What every record of the final mix must satisfy: the LLaVA schema, the image token where LLaVA's trainer
-expects it, and an image file that exists and decodes (LLaVA's `LazySupervisedDataset` crashes mid-epoch on a
-missing one)."""
+"""The mix's image check: every image a selected record names must exist and decode (LLaVA's
+`LazySupervisedDataset` crashes mid-epoch on a missing one). The records themselves are checked by
+`core.records`."""
 
 from __future__ import annotations
 
@@ -12,61 +12,13 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
-
-from firellava.mix.sources import IMAGE_TOKEN
 
 log = logging.getLogger(__name__)
 
 IMAGE_CHECKS = ("decode", "exists")
 OK, MISSING, UNDECODABLE = "ok", "missing_image", "undecodable_image"
-_ABSENT = object()
-
-
-def record_error(record: Any) -> str | None:
-    """The first schema problem of a record, as 'field: problem', or None when it is a valid LLaVA record.
-
-    Runs on every record of the mix (hundreds of thousands), hence the exact-type checks.
-    """
-    if type(record) is not dict:
-        return "record: not a JSON object"
-    rid = record.get("id")
-    if type(rid) is not str and type(rid) is not int:
-        return "id: missing or not a string"
-    turns = record.get("conversations")
-    if type(turns) is not list or not turns:
-        return "conversations: missing or empty"
-    if len(turns) % 2:
-        return f"conversations: {len(turns)} turns, expected human/gpt pairs"
-    image = record.get("image", _ABSENT)
-    has_image = image is not _ABSENT
-    if has_image:
-        if type(image) is not str or not image:
-            return "image: not a non-empty string"
-        if image.startswith("/") or ".." in image.split("/"):
-            return f"image: {image!r} must be relative to the image folder"
-    expected = "human"
-    for i, turn in enumerate(turns):
-        if type(turn) is not dict:
-            return f"conversations[{i}]: not an object"
-        if turn.get("from") != expected:
-            return f"conversations[{i}].from: expected {expected!r}, got {turn.get('from')!r}"
-        value = turn.get("value")
-        if type(value) is not str or not value or value.isspace():
-            return f"conversations[{i}].value: missing or empty"
-        if IMAGE_TOKEN in value:
-            if not has_image:
-                return f"conversations[{i}].value: {IMAGE_TOKEN} in a text-only record"
-            if i > 0:
-                return f"conversations[{i}].value: {IMAGE_TOKEN} outside the first human turn"
-            if value.count(IMAGE_TOKEN) != 1:
-                return f"conversations[0].value: {IMAGE_TOKEN} appears {value.count(IMAGE_TOKEN)} times, expected exactly once"
-        elif has_image and i == 0:
-            return f"conversations[0].value: {IMAGE_TOKEN} appears 0 times, expected exactly once"
-        expected = "gpt" if expected == "human" else "human"
-    return None
 
 
 def _check_one(args: tuple[str, str, str]) -> tuple[str, str, str]:

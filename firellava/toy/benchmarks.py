@@ -10,14 +10,14 @@ from __future__ import annotations
 import base64
 import csv
 import io
-import json
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from firellava.core.io import write_json
-from firellava.eval.benchmarks.base import OPTION_LETTER, SHORT_ANSWER
+from firellava.core.chat_format import IMAGE_TOKEN
+from firellava.core.instructions import OPTION_LETTER, SHORT_ANSWER
+from firellava.core.io import read_json, write_json, write_jsonl
 from firellava.eval.benchmarks.choice import CIRCULAR_STRIDE
 from firellava.eval.benchmarks.yesno import MME_ORIGINAL_SUFFIX, POPE_SPLITS
 from firellava.toy import language as lang
@@ -52,11 +52,6 @@ def _save(scene: Scene, path: Path) -> None:
         draw_scene(scene).save(path, format="PNG")
     else:
         draw_scene(scene).save(path, format="JPEG", quality=95, subsampling=0)
-
-
-def _jsonl(path: Path, rows: Sequence[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
 
 
 def _human_answers(answer: str, rng: random.Random) -> list[str]:
@@ -108,7 +103,7 @@ def gqa(root: Path, w: _World, n: int) -> None:
             }
         )
         truth[qid] = {"imageId": image_id, "question": q, "answer": a, "fullAnswer": a, "isBalanced": True}
-    _jsonl(root / "llava_gqa_testdev_balanced.jsonl", rows)
+    write_jsonl(root / "llava_gqa_testdev_balanced.jsonl", rows)
     write_json(root / "testdev_balanced_questions.json", truth, indent=None)
 
 
@@ -145,7 +140,7 @@ def textvqa(root: Path, w: _World, n: int) -> None:
                 "image_classes": [],
             }
         )
-    _jsonl(root / "llava_textvqa_val_v051_ocr.jsonl", rows)
+    write_jsonl(root / "llava_textvqa_val_v051_ocr.jsonl", rows)
     write_json(
         root / "TextVQA_0.5.1_val.json",
         {"dataset_type": "val", "dataset_name": "textvqa", "dataset_version": "0.5.1", "data": data},
@@ -183,8 +178,8 @@ def pope(root: Path, w: _World, n: int) -> None:
             rows.append(
                 {"question_id": qid, "image": image, "text": f"{q}\n{SHORT_ANSWER}", "category": split}
             )
-        _jsonl(root / "coco" / f"coco_pope_{split}.json", labels)
-    _jsonl(root / "llava_pope_test.jsonl", rows)
+        write_jsonl(root / "coco" / f"coco_pope_{split}.json", labels)
+    write_jsonl(root / "llava_pope_test.jsonl", rows)
 
 
 def _mme_pairs(scene: Scene, subtask: str, rng: random.Random) -> list[tuple[str, str]] | None:
@@ -330,7 +325,7 @@ def scienceqa(root: Path, w: _World, n: int) -> None:
             "image": image, "task": "closed choice", "subject": "toy", "split": "test",
         }  # fmt: skip
         value = (f"Context: {hint}\n" if hint else "") + item.prompt()
-        record = {"id": pid, "conversations": [{"from": "human", "value": ("<image>\n" if image else "") + value},
+        record = {"id": pid, "conversations": [{"from": "human", "value": (f"{IMAGE_TOKEN}\n" if image else "") + value},
                                               {"from": "gpt", "value": f"The answer is {item.letter}."}]}  # fmt: skip
         if image:
             record["image"] = f"{pid}/image.png"
@@ -358,7 +353,7 @@ def seed_bench(root: Path, w: _World, n: int) -> None:
         rows.append({"question_id": qid, "image": f"SEED-Bench-image/{data_id}",
                      "text": f"{item.prompt()}\n{OPTION_LETTER}", "category": cat})  # fmt: skip
     write_json(root / "SEED-Bench.json", {"question_type": types, "questions": questions}, indent=None)
-    _jsonl(root / "llava-seed-bench.jsonl", rows)
+    write_jsonl(root / "llava-seed-bench.jsonl", rows)
 
 
 def llava_bench(root: Path, w: _World, n: int) -> None:
@@ -382,9 +377,9 @@ def llava_bench(root: Path, w: _World, n: int) -> None:
         q, a = makers[category](scene)
         questions.append({"question_id": i, "image": image, "text": q, "category": category})
         references.append({"question_id": i, "text": a, "answer_id": f"ref-{i}", "model_id": "toy-reference"})
-    _jsonl(root / "questions.jsonl", questions)
-    _jsonl(root / "context.jsonl", context)
-    _jsonl(root / "answers_gpt4.jsonl", references)
+    write_jsonl(root / "questions.jsonl", questions)
+    write_jsonl(root / "context.jsonl", context)
+    write_jsonl(root / "answers_gpt4.jsonl", references)
 
 
 def mm_vet(root: Path, w: _World, n: int) -> None:
@@ -425,8 +420,8 @@ def write_toy_benchmarks(
         marker = folder / ".toy_complete"
         if not marker.exists():
             WRITERS[name](folder, _World(seed, name), questions)
-            marker.write_text(json.dumps({"seed": seed, "questions": questions}) + "\n")
-        elif json.loads(marker.read_text()) != {"seed": seed, "questions": questions}:
+            write_json(marker, {"seed": seed, "questions": questions}, indent=None)
+        elif read_json(marker) != {"seed": seed, "questions": questions}:
             raise FileExistsError(
                 f"{folder} holds toy {name} data of another seed/size; delete it to rebuild"
             )

@@ -17,7 +17,10 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from firellava.core.chat_format import IMAGE_TOKEN
+from firellava.core.instructions import BRIEF_INSTRUCTIONS, OPTION_LETTER, SHORT_ANSWER, TEXTCAPS_PROMPT
 from firellava.core.io import write_json
+from firellava.core.records import conversation
 from firellava.toy import language as lang
 from firellava.toy.scenes import SHAPES, Scene, draw_scene, sample_scene, shape_outline
 
@@ -46,8 +49,6 @@ DEFAULT_PER_SOURCE: dict[str, int] = {
     "refcoco": 60,
     "vg": 60,
 }
-DEFAULT_COCO_IMAGES = 120
-DEFAULT_PRETRAIN_IMAGES = 240
 COCO_SOURCES = ("llava_instruct", "vqav2", "okvqa", "a_okvqa", "refcoco")
 
 JPEG_QUALITY = 95  # with 4:4:4 chroma, small shapes keep their colour up to their edges
@@ -112,16 +113,10 @@ def _save_image(scene: Scene, path: Path) -> None:
 def _turns(
     pairs: Sequence[lang.QA], *, image: bool, suffix: str | None = None, image_first: bool = True
 ) -> list[dict[str, str]]:
-    """LLaVA conversation turns; the format suffix and `<image>` go on the first human turn only."""
-    turns = []
-    for i, (question, answer) in enumerate(pairs):
-        if i == 0:
-            if suffix:
-                question = f"{question}\n{suffix}"
-            if image:
-                question = f"<image>\n{question}" if image_first else f"{question}\n<image>"
-        turns += [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
-    return turns
+    """LLaVA conversation turns; the format suffix, like the image token, goes on the first human turn."""
+    if suffix and pairs:
+        pairs = [(f"{pairs[0][0]}\n{suffix}", pairs[0][1]), *pairs[1:]]
+    return conversation(pairs, image=image, image_first=image_first)
 
 
 # --- COCO ---------------------------------------------------------------------------------------------------
@@ -213,8 +208,8 @@ def _build_pretrain(pretrain: Path, seed: int, n: int) -> list[dict]:
         record_id = f"{index:09d}"
         image = f"{record_id[:5]}/{record_id}.jpg"  # LCS shards by the id's first five digits
         _save_image(scene, pretrain / "images" / image)
-        instruction = rng.choice(lang.BRIEF_INSTRUCTIONS)
-        prompt = f"{instruction}\n<image>" if rng.random() < 0.5 else f"<image>\n{instruction}"
+        instruction = rng.choice(BRIEF_INSTRUCTIONS)
+        prompt = f"{instruction}\n{IMAGE_TOKEN}" if rng.random() < 0.5 else f"{IMAGE_TOKEN}\n{instruction}"
         records.append(
             {
                 "id": record_id,
@@ -357,7 +352,7 @@ def _vqa_style(name: str, generators: Sequence[lang.QAGenerator], max_turns: int
                 {
                     "id": coco_file_name(scene.image_id)[:-4],
                     "image": _coco_image(scene),
-                    "conversations": _turns(pairs, image=True, suffix=lang.SHORT_ANSWER_PROMPT),
+                    "conversations": _turns(pairs, image=True, suffix=SHORT_ANSWER),
                 }
             )
         if len(records) < n:
@@ -391,7 +386,7 @@ def _own_images(
     max_turns: int,
     *,
     with_word: bool = False,
-    suffix: str | None = lang.SHORT_ANSWER_PROMPT,
+    suffix: str | None = SHORT_ANSWER,
 ) -> Callable:
     """Sources whose images live in their own folder (GQA, OCR-VQA, TextCaps): one scene per record."""
 
@@ -413,7 +408,7 @@ def _own_images(
 
 
 def _textcaps_caption(scene: Scene, rng: random.Random) -> lang.QA:
-    return lang.TEXTCAPS_PROMPT, lang.textcaps_caption(scene, rng)
+    return TEXTCAPS_PROMPT, lang.textcaps_caption(scene, rng)
 
 
 def _a_okvqa(rng: random.Random, n: int, ctx: _Context) -> list[dict]:
@@ -422,7 +417,7 @@ def _a_okvqa(rng: random.Random, n: int, ctx: _Context) -> list[dict]:
     for _ in range(n):
         scene = next(scenes)
         item = lang.multiple_choice(scene, rng)
-        turns = _turns([(item.prompt(), item.letter)], image=True, suffix=lang.OPTION_LETTER_PROMPT)
+        turns = _turns([(item.prompt(), item.letter)], image=True, suffix=OPTION_LETTER)
         records.append(
             {"id": coco_file_name(scene.image_id)[:-4], "image": _coco_image(scene), "conversations": turns}
         )

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from firellava.core.chat_format import IMAGE_TOKEN
+from firellava.core.instructions import SHORT_ANSWER
 from firellava.engines import build_engine
 from firellava.engines.base import Prompt, SamplingParams
 from firellava.toy import language as lang
@@ -66,7 +68,7 @@ def named_object_questions(n: int, seed: int) -> list[tuple[lang.QA, lang.QA, An
 
 def _prompt(question: str, image: Any) -> Prompt:
     return Prompt(
-        messages=[{"role": "user", "content": f"<image>\n{question}\n{lang.SHORT_ANSWER_PROMPT}"}],
+        messages=[{"role": "user", "content": f"{IMAGE_TOKEN}\n{question}\n{SHORT_ANSWER}"}],
         images=[image],
     )
 

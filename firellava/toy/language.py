@@ -13,20 +13,15 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from firellava.core.instructions import BRIEF_INSTRUCTIONS, DETAIL_INSTRUCTIONS
+from firellava.core.instructions import (
+    DETAIL_INSTRUCTIONS,
+    REGION_BOX_PROMPT,
+    REGION_DESCRIPTION_PROMPT,
+)
 from firellava.toy.scenes import COLOURS, SHAPES, WORDS, Box, Scene, Shape
 
 QA = tuple[str, str]
 QAGenerator = Callable[[Scene, random.Random], "QA | None"]
-
-# Response-format prompts of LLaVA-1.5's mix; the mix stage recognizes sources by them.
-SHORT_ANSWER_PROMPT = "Answer the question using a single word or phrase."
-OPTION_LETTER_PROMPT = "Answer with the option's letter from the given choices directly."
-TEXTCAPS_PROMPT = "Provide a one-sentence caption for the provided image."
-REGION_DESCRIPTION_PROMPT = "Please provide a short description for this region: "
-REGION_BOX_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: "
-
-brief_instructions = BRIEF_INSTRUCTIONS  # the name the pipeline's design notes use
 
 COUNT_WORDS = ("no", "one", "two", "three", "four")
 FRUITS = {
@@ -423,11 +418,6 @@ def multiple_choice(scene: Scene, rng: random.Random) -> MultipleChoice:
     question, answer, pool = rng.choice(items)
     choices, index = _choices(rng, answer, pool)
     return MultipleChoice(question, choices, index)
-
-
-def multiple_choice_qa(scene: Scene, rng: random.Random) -> QA:
-    item = multiple_choice(scene, rng)
-    return item.prompt(), item.letter
 
 
 # --- grounding (RefCOCO / Visual Genome region prompts) -----------------------------------------------------

@@ -39,6 +39,7 @@ import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from firellava.core.chat_format import IGNORE_INDEX, IMAGE_TOKEN, encode
+from firellava.core.instructions import SHORT_ANSWER
 from firellava.toy import language as lang
 from firellava.toy.scenes import COLOURS, SHAPES, Scene, sample_scene
 from firellava.toy.vision_pretrain import NONE, centre_labels
@@ -160,7 +161,7 @@ def chat_example(
         raise ValueError("a chat example needs at least one question")
     turns = []
     for i, (question, answer) in enumerate(qas):
-        text = f"{IMAGE_TOKEN}\n{question}\n{lang.SHORT_ANSWER_PROMPT}" if i == 0 else question
+        text = f"{IMAGE_TOKEN}\n{question}\n{SHORT_ANSWER}" if i == 0 else question
         turns += [{"from": "human", "value": text}, {"from": "gpt", "value": answer}]
     return _with_scene(turns, "vicuna_v1", scene, tokenizer, grid)
 

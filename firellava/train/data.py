@@ -1,11 +1,12 @@
 """LLaVA records -> training examples, through the one chat format; the collator that pads them.
 
-Every record is encoded once at start (all records, on every rank, deterministically) so that bad input fails
-before any step with the file, record id and field named, records whose labels would be entirely masked are
-counted and left out instead of silently training on nothing, and the sampler gets real token lengths. Each
-distinct image file is opened once at start too: PIL reads only its header, which catches what is not an image
-at all (an empty file, an HTML error page saved as .jpg) at the cost of one small read per image. A file whose
-header is fine but whose pixel data is cut short still fails only when its batch loads, naming the record.
+Every record is checked against the record schema (`core.records`) and encoded once at start (all records, on
+every rank, deterministically) so that bad input fails before any step with the file, record id and field
+named, records whose labels would be entirely masked are counted and left out instead of silently training on
+nothing, and the sampler gets real token lengths. Each distinct image file is opened once at start too: PIL
+reads only its header, which catches what is not an image at all (an empty file, an HTML error page saved as
+.jpg) at the cost of one small read per image. A file whose header is fine but whose pixel data is cut short
+still fails only when its batch loads, naming the record.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from firellava.core.chat_format import IGNORE_INDEX, IMAGE_TOKEN, ChatFormatError, encode
+from firellava.core.chat_format import IGNORE_INDEX, ChatFormatError, encode
 from firellava.core.io import read_json
+from firellava.core.records import display_id, record_problem
 
 log = logging.getLogger(__name__)
 MAX_ERRORS_SHOWN = 10
@@ -58,30 +60,17 @@ class ScanReport:
         }
 
 
-def record_id(record: Any, index: int) -> str:
-    rid = record.get("id") if isinstance(record, Mapping) else None
-    return str(rid) if rid is not None else f"#{index}"
-
-
 def encode_record(
     record: Mapping[str, Any], tokenizer: Any, spec: EncodingSpec, where: str
 ) -> tuple[list, list, bool]:
     """input_ids and labels with the image placeholder expanded, cut to max_length; and whether it was cut.
 
-    Only the tail is ever cut, and never through the image: a max_length that cannot hold the whole image plus
-    what precedes it is an error, not a silent half image.
+    The record must have the schema (`core.records`; the dataset checks every record at start). Only the tail
+    is ever cut, and never through the image: a max_length that cannot hold the whole image plus what precedes
+    it is an error, not a silent half image.
     """
-    turns = record.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        raise DataError(f"{where}: field 'conversations' must be a non-empty list")
-    placeholders = sum(t.get("value", "").count(IMAGE_TOKEN) for t in turns if isinstance(t, Mapping))
+    turns = record["conversations"]
     has_image = "image" in record
-    if has_image and placeholders != 1:
-        raise DataError(
-            f"{where}: field 'image' is set but the conversation has {placeholders} '<image>' marks (need 1)"
-        )
-    if not has_image and placeholders:
-        raise DataError(f"{where}: the conversation has '<image>' but field 'image' is missing")
     try:
         enc = encode(turns, tokenizer, template=spec.template, system=spec.system, record_id=where)
     except (ChatFormatError, KeyError, TypeError, AttributeError) as e:
@@ -143,7 +132,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         self._image_errors.clear()
 
     def _where(self, record: Any, index: int) -> str:
-        return f"{self.data_json}: record {record_id(record, index)!r} (index {index})"
+        return f"{self.data_json}: record {display_id(record, index)!r} (index {index})"
 
     def _scan(self, records: Sequence[Any]) -> ScanReport:
         start = time.perf_counter()
@@ -152,8 +141,9 @@ class LlavaDataset(torch.utils.data.Dataset):
         for index, record in enumerate(records):
             where = self._where(record, index)
             try:
-                if not isinstance(record, Mapping):
-                    raise DataError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
+                problem = record_problem(record)
+                if problem is not None:
+                    raise DataError(f"{where}: {problem}")
                 if "image" in record:
                     self._image_path(record, where, check=True)
                 input_ids, labels, truncated = encode_record(record, self.tokenizer, self.spec, where)
@@ -161,12 +151,12 @@ class LlavaDataset(torch.utils.data.Dataset):
                 errors.append(str(e))
                 continue
             if all(label == IGNORE_INDEX for label in labels):
-                report.fully_masked.append(record_id(record, index))
+                report.fully_masked.append(display_id(record, index))
                 continue
             report.truncated += truncated
             report.with_image += "image" in record
             self.records.append(record)
-            self.ids.append(record_id(record, index))
+            self.ids.append(display_id(record, index))
             self.lengths.append(len(input_ids) if "image" in record else -len(input_ids))
             if (index + 1) % 100_000 == 0:
                 rate = (index + 1) / (time.perf_counter() - start)
@@ -201,10 +191,7 @@ class LlavaDataset(torch.utils.data.Dataset):
         return report
 
     def _image_path(self, record: Mapping[str, Any], where: str, check: bool = False) -> Path:
-        image = record["image"]
-        if not isinstance(image, str) or not image:
-            raise DataError(f"{where}: field 'image' must be a relative path string, got {image!r}")
-        path = self.image_folder / image
+        path = self.image_folder / record["image"]  # the schema check made it a relative path
         if not check:
             return path
         if path not in self._image_errors:

@@ -1,5 +1,5 @@
-"""What every benchmark is: a loader for its own files, its prompt (LLaVA-1.5's suffixes), its scorer, and
-(for server-scored splits) the submission file the server takes."""
+"""What every benchmark is: a loader for its own files, its prompt (LLaVA-1.5's suffixes, from
+`core.instructions`), its scorer, and (for server-scored splits) the submission file the server takes."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from PIL import Image
 
 from firellava.core.io import iter_jsonl, read_json
 
-SHORT_ANSWER = "Answer the question using a single word or phrase."
-OPTION_LETTER = "Answer with the option's letter from the given choices directly."
 OPTION_LETTER_CN = "请直接回答选项字母。"
 UNANSWERABLE = "When the provided information is insufficient, respond with 'Unanswerable'."
 

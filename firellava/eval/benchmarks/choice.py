@@ -10,8 +10,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from firellava.core.chat_format import IMAGE_TOKEN
+from firellava.core.instructions import OPTION_LETTER
 from firellava.eval.benchmarks.base import (
-    OPTION_LETTER,
     OPTION_LETTER_CN,
     Benchmark,
     BenchmarkDataError,
@@ -242,7 +243,7 @@ class ScienceQA(Benchmark):
                 raise BenchmarkDataError(f"{ppath}: no problem {pid} (named by {where})")
             prob = problems[pid]
             human = field_of(rec, "conversations", where)[0]["value"]
-            text = human.replace("<image>", "").strip() + "\n" + OPTION_LETTER
+            text = human.replace(IMAGE_TOKEN, "").strip() + "\n" + OPTION_LETTER
             image = self.root / "images" / "test" / rec["image"] if rec.get("image") else None
             choices = field_of(prob, "choices", f"{ppath}: {pid}")
             meta = {"answer": LETTERS[field_of(prob, "answer", f"{ppath}: {pid}")], "n_choices": len(choices)}

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from firellava.core.instructions import SHORT_ANSWER
 from firellava.core.io import write_json
 from firellava.eval.benchmarks.base import (
-    SHORT_ANSWER,
     UNANSWERABLE,
     Benchmark,
     BenchmarkDataError,

@@ -6,8 +6,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from firellava.core.instructions import SHORT_ANSWER
 from firellava.eval.benchmarks.base import (
-    SHORT_ANSWER,
     Benchmark,
     BenchmarkDataError,
     Question,
