@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from firellava.config import build
 from firellava.core.io import read_json, sha256_file
 from firellava.mix.io import JsonListReader
-from firellava.mix.sources import Classifier, load_registry
+from firellava.mix.sources import Classifier
 from firellava.mix.stage import run
 from firellava.toy.data import build_toy_data
 
@@ -97,11 +98,8 @@ def rewrite_mix(out: Path, edit) -> None:
 
 
 def test_classifier_gives_every_toy_record_its_source(world):
-    cfg = config(world)
-    from hydra.utils import instantiate
-
-    spec = instantiate(cfg.mix, _convert_="all")
-    classifier = Classifier(load_registry(spec.sources))
+    spec = build(config(world).mix)
+    classifier = Classifier(list(spec.sources.values()))
     for index, record in JsonListReader(mix_path(world)):
         classifier.classify(index, record)
     assert dict(classifier.result.counts) == PER_SOURCE

@@ -8,14 +8,14 @@ import io
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from firellava.config import build
 from firellava.core.io import write_json
-from firellava.serve.config import settings_from_cfg
 from firellava.serve.process import ServerProcess
 from firellava.serve.settings import ServerSettings
 
@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoRequest:
+    """`serve.demo`: the one request the stage sends."""
+
     question: str = "What shapes are in this image?"
     max_tokens: int = 32
     start_timeout_s: float = 180.0
@@ -59,7 +61,7 @@ def serve_once(settings: ServerSettings, request: DemoRequest, out_dir: Path, se
         ]
         start = time.perf_counter()
         reply = client.chat.completions.create(
-            model=settings.served_name, messages=messages, max_tokens=request.max_tokens, temperature=0.0
+            model=settings.model_name, messages=messages, max_tokens=request.max_tokens, temperature=0.0
         )
         latency = time.perf_counter() - start
     answer = reply.choices[0].message.content
@@ -67,7 +69,7 @@ def serve_once(settings: ServerSettings, request: DemoRequest, out_dir: Path, se
     entry = {
         "dir": str(out_dir),
         "model": settings.model,
-        "served_name": settings.served_name,
+        "served_name": settings.model_name,
         "question": request.question,
         "answer": answer,
         "finish_reason": reply.choices[0].finish_reason,
@@ -79,11 +81,13 @@ def serve_once(settings: ServerSettings, request: DemoRequest, out_dir: Path, se
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    request = DemoRequest(**cfg.serve.get("demo", {}))
+    settings: ServerSettings = build(cfg.serve)
     # Port 0: a free port, so the demo never collides with a server already running on serve.port.
-    settings = settings_from_cfg(cfg.serve, port=0)
+    settings = replace(settings, port=0)
     if not Path(settings.model).exists():
         raise FileNotFoundError(
             f"serve.model={settings.model}: no checkpoint there (the finetune stage writes it)"
         )
-    return serve_once(settings, request, Path(cfg.paths.serve_dir), int(cfg.seed))
+    return serve_once(
+        settings, settings.demo or DemoRequest(), Path(build(cfg.paths).serve_dir), int(cfg.seed)
+    )
