@@ -10,7 +10,8 @@ import time
 import hydra
 from omegaconf import DictConfig
 
-from firellava.config import CONF_DIR
+from firellava.config import CONF_DIR, build
+from firellava.paths import Paths
 from firellava.stages import STAGES, resolve
 from firellava.summary import record_stage
 
@@ -25,11 +26,12 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(f"unknown stage(s) {unknown}; known: {list(STAGES)}")
     if not stages:
         log.warning("experiment %s lists no stages; nothing to run", cfg.name)
-    log.info("experiment %s: stages %s -> %s", cfg.name, stages, cfg.paths.output_dir)
+    paths: Paths = build(cfg.paths)
+    log.info("experiment %s: stages %s -> %s", cfg.name, stages, paths.output_dir)
     for name in stages:
         start = time.perf_counter()
         entry = resolve(name)(cfg)
-        record_stage(cfg.paths.summary, name, entry)
+        record_stage(paths.summary, name, entry)
         log.info("stage %s done in %.1fs: %s", name, time.perf_counter() - start, json.dumps(entry))
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from firellava.datagen.contexts import TYPES, USES_BOXES, format_context, load_contexts, select_work
 from firellava.datagen.prefix import shared_prefix
 from firellava.datagen.prompts import prompt_set
-from firellava.engines import Prompt, SamplingParams, build_engine
+from firellava.engines import EngineSpec, Prompt, SamplingParams, build_engine
 
 
 def prompts_by_type(world: Path, set_name: str, per_type: int, seed: int) -> dict[str, list[Prompt]]:
@@ -93,20 +93,19 @@ def main() -> None:
         f"\nthroughput, {len(prompts)} {args.prompt_set}-set prompts, max_tokens={args.max_tokens}, backend={args.backend}"
     )
     if args.backend == "transformers":
-        engine = build_engine("transformers", model=args.teacher, batch_size=8)
+        engine = build_engine(EngineSpec("transformers", {"batch_size": 8}), args.teacher)
         print({k: round(v, 2) for k, v in throughput(engine, prompts, params).items()})
         return
     results = {}
     for caching in (True, False):  # side by side: what the shared prefix buys
-        engine = build_engine(
-            "vllm",
-            model=args.teacher,
-            tensor_parallel_size=args.tensor_parallel_size,
-            enable_prefix_caching=caching,
-            load_format=args.load_format,
-            max_model_len=4096,
-            dtype="bfloat16",
-        )
+        options = {
+            "tensor_parallel_size": args.tensor_parallel_size,
+            "enable_prefix_caching": caching,
+            "load_format": args.load_format,
+            "max_model_len": 4096,
+            "dtype": "bfloat16",
+        }
+        engine = build_engine(EngineSpec("vllm", options), args.teacher)
         throughput(engine, prompts[:8], params)  # warm-up: graphs, allocator
         results[caching] = throughput(engine, prompts, params)
         print(f"prefix caching {caching}:", {k: round(v, 2) for k, v in results[caching].items()})

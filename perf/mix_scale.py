@@ -163,9 +163,8 @@ def measure_mix(work: Path, scale: float) -> dict:
     import logging
 
     from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
+    from firellava.config import build
     from firellava.mix.stage import MixInputs, build_mix
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -179,14 +178,12 @@ def measure_mix(work: Path, scale: float) -> dict:
                 f"mix.target_total={target}",
             ],
         )
-    spec = instantiate(cfg.mix, _convert_="all")
+    spec = build(cfg.mix)
     inputs = MixInputs(
         work / "data" / "llava_v1_5_mix665k.json", work / "data", work / "datagen", work / "mix"
     )
     start, cpu = time.perf_counter(), time.process_time()
-    summary = build_mix(
-        spec, inputs, config=OmegaConf.to_container(cfg.mix, resolve=True), image_checker=accept_all
-    )
+    summary = build_mix(spec, inputs, image_checker=accept_all)
     return {
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu,

@@ -17,7 +17,7 @@ import time
 
 from PIL import Image
 
-from firellava.engines.base import Prompt, SamplingParams
+from firellava.engines.base import EngineSpec, Prompt, SamplingParams, build_engine
 from firellava.serve.engines import TransformersServeEngine
 from firellava.serve.process import ServerProcess
 from firellava.serve.settings import Limits, ServerSettings
@@ -69,9 +69,10 @@ def main() -> None:
     n = args.clients * args.requests
     imgs = images(n)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0)
+    spec = EngineSpec("transformers", {"batch_size": args.batch_size})
 
     async def in_process() -> tuple[list[float], float]:
-        engine = TransformersServeEngine(args.model, "bench", batch_size=args.batch_size)
+        engine = TransformersServeEngine(build_engine(spec, args.model, "bench"))
         text = engine.render(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
         )
@@ -113,7 +114,7 @@ def main() -> None:
         model=args.model,
         model_name="bench",
         port=0,
-        engine={"batch_size": args.batch_size},
+        engine=spec,
         limits=Limits(max_pending_requests=max(64, n)),
         log_level="warning",
     )

@@ -17,7 +17,7 @@ import pytest
 
 from firellava.core.records import check_record
 from firellava.datagen.stage import DatagenSpec, Sources, Teacher, WandbSpec, generate_dataset
-from firellava.engines import SamplingParams, build_engine
+from firellava.engines import EngineSpec, SamplingParams, build_engine
 from firellava.toy.teacher import LLAMA2_CHAT_TEMPLATE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ PARAMS = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, top_p=1.0, stop=
 
 def factory(teacher_dir):
     return lambda: build_engine(
-        "transformers", model=str(teacher_dir), model_name="tiny-teacher", batch_size=8
+        EngineSpec("transformers", {"batch_size": 8}), str(teacher_dir), "tiny-teacher"
     )
 
 
@@ -179,8 +179,8 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_records(reference, toy_world
         f"data_gen.counts={{{counts}}}",
         f"data_gen.seed={SEED}",
         "data_gen.chunk_size=2",
-        f"engine.max_tokens={MAX_TOKENS}",
-        "engine.temperature=0.0",  # greedy, as the reference run (the demo samples)
+        f"engine.teacher.sampling.max_tokens={MAX_TOKENS}",
+        "engine.teacher.sampling.temperature=0.0",  # greedy, as the reference run (the demo samples)
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     parts = tmp_path / "datagen" / "parts"

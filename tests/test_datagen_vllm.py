@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from firellava.datagen.prompts import TOY
-from firellava.engines import Prompt, SamplingParams, build_engine
+from firellava.engines import EngineSpec, Prompt, SamplingParams, build_engine
 from firellava.toy.teacher import LLAMA2_CHAT_TEMPLATE
 
 pytestmark = pytest.mark.gpu
@@ -38,15 +38,15 @@ def dummy_teacher(toy_world, tmp_path_factory):
 def test_vllm_engine_with_dummy_weights(dummy_teacher):
     path, tok = dummy_teacher
     pytest.importorskip("vllm")
-    engine = build_engine(
-        "vllm",
-        model=str(path),
-        tensor_parallel_size=1,
-        load_format="dummy",
-        gpu_memory_utilization=0.3,
-        max_model_len=1024,
-        enforce_eager=True,
-    )
+    options = {
+        "tensor_parallel_size": 1,
+        "load_format": "dummy",
+        "gpu_memory_utilization": 0.3,
+        "max_model_len": 1024,
+        "enforce_eager": True,
+        "batch_size": 8,  # vLLM's max_num_seqs: the project's option name goes through the one translation
+    }
+    engine = build_engine(EngineSpec("vllm", options), str(path))
     chats = [
         Prompt(messages=TOY.messages("detail", f"A red circle.\n\ncircle: [0.{i}00, 0.1, 0.5, 0.5]"))
         for i in range(3)

@@ -1,11 +1,17 @@
-"""The transformers engine behind the one interface: text and image prompts, batching, stops, token counts."""
+"""The transformers engine behind the one interface: text and image prompts, batching, stops, token counts; the
+one constructor, and the vLLM engines' arguments in vLLM's names (with a stand-in `vllm` module: no GPU here)."""
 
 from __future__ import annotations
+
+import sys
+import types
 
 import pytest
 from PIL import Image
 
-from firellava.engines import Prompt, SamplingParams, build_engine
+from firellava.engines import EngineSpec, Prompt, SamplingParams, build_engine
+
+CPU = EngineSpec("transformers", {"device": "cpu", "dtype": "float32", "batch_size": 4})
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +27,8 @@ def image(colour):
 
 
 def test_batched_generation_equals_one_by_one(llava_dir):
-    engine = build_engine("transformers", model=llava_dir, batch_size=4)
+    engine = build_engine(CPU, llava_dir)
+    assert engine.model_name == llava_dir and engine.batch_size == 4
     prompts = [
         Prompt(
             messages=[
@@ -47,7 +54,8 @@ def test_batched_generation_equals_one_by_one(llava_dir):
 
 
 def test_text_only_model_refuses_images(toy_world):
-    engine = build_engine("transformers", model=toy_world["models"]["llm"])
+    engine = build_engine(EngineSpec("transformers"), toy_world["models"]["llm"], "toy-llm")
+    assert engine.model_name == "toy-llm" and engine.batch_size == 8
     out = engine.generate(
         [Prompt(text="a red circle")], SamplingParams(max_tokens=4, temperature=0.8, seed=3)
     )
@@ -61,7 +69,63 @@ def test_text_only_model_refuses_images(toy_world):
 
 
 def test_unknown_backend_and_bad_prompt():
-    with pytest.raises(ValueError, match="unknown engine backend 'nope'"):
-        build_engine("nope")
+    with pytest.raises(ValueError, match="unknown engine backend 'nope'; known: transformers, openai, vllm"):
+        EngineSpec("nope")
     with pytest.raises(ValueError, match="exactly one of messages or text"):
         Prompt()
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """A stand-in `vllm` package recording the keyword arguments its engines are built with."""
+    built: dict[str, dict] = {}
+
+    class LLM:
+        def __init__(self, **kwargs):
+            built["LLM"] = kwargs
+
+        def get_tokenizer(self):
+            return None
+
+    class AsyncEngineArgs:
+        def __init__(self, **kwargs):
+            built["AsyncEngineArgs"] = kwargs
+
+    class AsyncLLM:
+        model_config = types.SimpleNamespace(max_model_len=512)
+
+        @classmethod
+        def from_engine_args(cls, args):
+            return cls()
+
+    modules = {
+        "vllm": types.ModuleType("vllm"),
+        "vllm.engine": types.ModuleType("vllm.engine"),
+        "vllm.engine.arg_utils": types.ModuleType("vllm.engine.arg_utils"),
+        "vllm.v1": types.ModuleType("vllm.v1"),
+        "vllm.v1.engine": types.ModuleType("vllm.v1.engine"),
+        "vllm.v1.engine.async_llm": types.ModuleType("vllm.v1.engine.async_llm"),
+    }
+    modules["vllm"].LLM = LLM
+    modules["vllm.engine.arg_utils"].AsyncEngineArgs = AsyncEngineArgs
+    modules["vllm.v1.engine.async_llm"].AsyncLLM = AsyncLLM
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return built
+
+
+def test_vllm_engines_get_the_options_in_vllms_names(fake_vllm, llava_dir):
+    from firellava.engines.vllm_engine import AsyncVLLMEngine
+
+    options = {"batch_size": 16, "device": "cuda", "dtype": "bfloat16", "tensor_parallel_size": 1}
+    engine = build_engine(EngineSpec("vllm", options), "/ckpt/firellava-13b", "firellava-13b")
+    assert engine.model_name == "firellava-13b"
+    vllm_names = {"max_num_seqs": 16, "dtype": "bfloat16", "tensor_parallel_size": 1}
+    assert fake_vllm["LLM"] == {"model": "/ckpt/firellava-13b", **vllm_names}
+    served = AsyncVLLMEngine(llava_dir, "tiny", max_images_per_prompt=2, **options)
+    assert fake_vllm["AsyncEngineArgs"] == {
+        "model": llava_dir,
+        "limit_mm_per_prompt": {"image": 2},
+        **vllm_names,
+    }
+    assert (served.model_name, served.max_model_len) == ("tiny", 512) and served.image_tokens > 0

@@ -8,17 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from firellava.engines import EngineSpec, SamplingParams
 from firellava.eval.answers import ForeignAnswersError
 from firellava.eval.benchmarks import BENCHMARKS, MissingAnswerError
-from firellava.eval.stage import EvalSpec, evaluate
+from firellava.eval.stage import EvalSpec, JudgeSpec, evaluate
 
-ENGINE = {
-    "backend": "transformers",
-    "device": "cpu",
-    "dtype": "float32",
-    "max_tokens": 99,
-    "temperature": 0.7,
-}
+# max_tokens is the benchmark's (eval.max_new_tokens here); the judge's is its own engine's
+ENGINE = EngineSpec("transformers", {"batch_size": 4}, SamplingParams(max_tokens=99, temperature=0.0))
+JUDGE = EngineSpec("transformers", {"batch_size": 4}, SamplingParams(max_tokens=3, temperature=0.0))
 
 
 @pytest.fixture(scope="module")
@@ -29,16 +26,22 @@ def checkpoint(tiny_llava, tmp_path_factory):
     return save_llava(model, processor, tmp_path_factory.mktemp("eval") / "finetune")
 
 
-def spec(**kw) -> EvalSpec:
+def spec(out, checkpoint, **kw) -> EvalSpec:
     base = dict(
         benchmarks=list(BENCHMARKS),
+        checkpoint=str(checkpoint),
+        model_name="finetune",
+        data_root=str(out / "data"),
         splits={"vqav2": "val", "vizwiz": "val"},
         limit=2,
         batch_size=4,
         max_new_tokens=3,
-        judge={"max_tokens": 3},
     )
     return EvalSpec(**{**base, **kw})
+
+
+def run(out, checkpoint, data_root, **kw):
+    return evaluate(spec(out, checkpoint, data_root=str(data_root), **kw), ENGINE, JUDGE, out)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,7 @@ def data_root(toy_world):
 @pytest.fixture(scope="module")
 def first_run(checkpoint, data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("evalrun") / "eval"
-    return out, evaluate(spec(), checkpoint, out, data_root, dict(ENGINE))
+    return out, run(out, checkpoint, data_root)
 
 
 def test_stage_writes_report_and_scores(first_run):
@@ -83,7 +86,7 @@ def test_stage_writes_report_and_scores(first_run):
 
 def test_rerun_uses_cache_and_resumes(first_run, checkpoint, data_root):
     out, summary = first_run
-    again = evaluate(spec(), checkpoint, out, data_root, dict(ENGINE))
+    again = run(out, checkpoint, data_root)
     assert again["generated"] == 0
     assert {k: again[k] for k in BENCHMARKS} == {k: summary[k] for k in BENCHMARKS}
     # the judge's reviews are cached too: LLaVA-Bench and MM-Vet, 2 each (MMBench has no judge model set)
@@ -94,7 +97,7 @@ def test_rerun_uses_cache_and_resumes(first_run, checkpoint, data_root):
     cache = out / "answers" / "finetune" / "gqa.jsonl"
     lines = cache.read_text().splitlines()
     cache.write_text(lines[0] + "\n" + lines[1][:25])
-    resumed = evaluate(spec(benchmarks=["gqa"]), checkpoint, out, data_root, dict(ENGINE))
+    resumed = run(out, checkpoint, data_root, benchmarks=["gqa"])
     assert resumed["generated"] == 1
 
 
@@ -105,32 +108,31 @@ def test_named_judge_maps_mmbench_answers_once(first_run, checkpoint, data_root)
     original = cache.read_text()
     letterless = [{**json.loads(line), "text": "???"} for line in original.splitlines()]
     cache.write_text("".join(json.dumps(r) + "\n" for r in letterless))
-    options = {"model_name": "toy-judge", "device": "cpu", "dtype": "float32"}
-    named = spec(
-        benchmarks=["mmbench"], judge={"model": str(checkpoint), "max_tokens": 3, "options": options}
-    )
-    first = evaluate(named, checkpoint, out, data_root, dict(ENGINE))
+    named = {"benchmarks": ["mmbench"], "judge": JudgeSpec(model=str(checkpoint), model_name="toy-judge")}
+    first = run(out, checkpoint, data_root, **named)
     result = json.loads((out / "results.json").read_text())["benchmarks"]["mmbench"]
     assert result["judge"] == "toy-judge"
     # every letterless answer goes to the judge, once; a rerun finds the reviews cached
     assert first["generated"] == 0
     assert result["unextracted"] == result["judge_asked"] == first["judge_generated"] == 2
-    assert evaluate(named, checkpoint, out, data_root, dict(ENGINE))["judge_generated"] == 0
+    assert run(out, checkpoint, data_root, **named)["judge_generated"] == 0
     cache.write_text(original)
 
 
 def test_bad_inputs(first_run, checkpoint, data_root):
     out, _ = first_run
     with pytest.raises(ValueError, match="unknown benchmark"):
-        spec(benchmarks=["pope", "vqa3"])
+        spec(out, checkpoint, benchmarks=["pope", "vqa3"])
+    with pytest.raises(ValueError, match="eval.judge.model_name is required"):
+        JudgeSpec(model="judge-model")
     # answers written by another model are refused, not mixed in
     cache = out / "answers" / "finetune" / "pope.jsonl"
     original = cache.read_text()
     first = json.loads(original.splitlines()[0])
     cache.write_text(json.dumps({**first, "model_id": "other-model"}) + "\n" + original)
     with pytest.raises(ForeignAnswersError, match="pope.jsonl:1.*other-model"):
-        evaluate(spec(benchmarks=["pope"]), checkpoint, out, data_root, dict(ENGINE))
+        run(out, checkpoint, data_root, benchmarks=["pope"])
     cache.write_text(original)
     # scoring cached answers only: a question nobody answered is a clear error
     with pytest.raises(MissingAnswerError, match="pope: no answer for 1 of 3"):
-        evaluate(spec(benchmarks=["pope"], limit=3, generate=False), checkpoint, out, data_root, dict(ENGINE))
+        run(out, checkpoint, data_root, benchmarks=["pope"], limit=3, generate=False)

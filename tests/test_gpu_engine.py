@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from firellava.engines import Prompt, SamplingParams, build_engine
+from firellava.engines import EngineSpec, Prompt, SamplingParams, build_engine
 
 pytestmark = pytest.mark.gpu
 
@@ -21,7 +21,9 @@ def llava_dir(tiny_llava, tmp_path_factory):
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_generation_on_cuda(llava_dir, dtype):
-    engine = build_engine("transformers", model=llava_dir, device="cuda", dtype=dtype, batch_size=8)
+    engine = build_engine(
+        EngineSpec("transformers", {"device": "cuda", "dtype": dtype, "batch_size": 8}), llava_dir
+    )
     assert next(engine.model.parameters()).device.type == "cuda"
     assert next(engine.model.parameters()).dtype == getattr(torch, dtype)
     colours = [(255, 0, 0), (0, 0, 255), (0, 160, 0), (250, 200, 0)]

@@ -12,6 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from firellava.config import build
 from firellava.core.instructions import (
     OPTION_LETTER,
     REGION_BOX_PROMPT,
@@ -20,7 +21,7 @@ from firellava.core.instructions import (
 )
 from firellava.core.io import read_json, sha256_file
 from firellava.mix.io import JsonListReader
-from firellava.mix.sources import Classifier, load_registry
+from firellava.mix.sources import Classifier
 from firellava.mix.stage import run
 from firellava.toy.data import build_toy_data
 
@@ -121,11 +122,8 @@ def test_registry_markers_are_the_kernels_llava_prompts():
 
 
 def test_classifier_gives_every_toy_record_its_source(world):
-    cfg = config(world)
-    from hydra.utils import instantiate
-
-    spec = instantiate(cfg.mix, _convert_="all")
-    classifier = Classifier(load_registry(spec.sources))
+    spec = build(config(world).mix)
+    classifier = Classifier(list(spec.sources.values()))
     for index, record in JsonListReader(mix_path(world)):
         classifier.classify(index, record)
     assert dict(classifier.result.counts) == PER_SOURCE

@@ -11,7 +11,7 @@ import openai
 import pytest
 from PIL import Image
 
-from firellava.engines import Prompt, SamplingParams, build_engine
+from firellava.engines import EngineSpec, Prompt, SamplingParams, build_engine
 from firellava.serve.process import ServerProcess
 from firellava.serve.settings import FetchPolicy, Limits, ServerSettings
 from tests.serve_helpers import ImageServer, png
@@ -55,7 +55,7 @@ def server(llava_dir, images):
         model_name=NAME,
         port=0,
         api_key=KEY,
-        engine={"batch_size": 4},
+        engine=EngineSpec("transformers", {"batch_size": 4}),
         # Only the test image server's exact address is allowed; 127.0.0.2 stays under the default refusal.
         fetch=FetchPolicy(allow_networks=("127.0.0.1/32",)),
         limits=Limits(max_request_bytes=2_000_000, default_temperature=0.0, max_pending_requests=4),
@@ -74,7 +74,7 @@ def client(server):
 @pytest.fixture(scope="module")
 def local(llava_dir):
     """The same checkpoint in-process: what the server must reproduce under greedy decoding."""
-    return build_engine("transformers", model=llava_dir)
+    return build_engine(EngineSpec("transformers"), llava_dir)
 
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0)
@@ -183,7 +183,8 @@ def test_several_images_keep_the_last_by_default(client):
 
 
 def test_openai_engine_against_the_server(server, local):
-    remote = build_engine("openai", base_url=server.base_url, model=NAME, api_key=KEY, concurrency=4)
+    options = {"base_url": server.base_url, "api_key": KEY, "concurrency": 4}
+    remote = build_engine(EngineSpec("openai", options), NAME)
     prompts = [
         Prompt(messages=[{"role": "user", "content": "<image>\nHow many shapes?"}], images=[pil(RED)]),
         Prompt(

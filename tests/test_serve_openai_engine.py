@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
-from firellava.engines import Prompt, SamplingParams, build_engine
+from firellava.engines import EngineSpec, Prompt, SamplingParams, build_engine
 from firellava.engines.openai_engine import OpenAIEngineError
 
 
@@ -67,9 +67,8 @@ class FlakyEndpoint:
 def test_requests_retries_and_failures():
     endpoint = FlakyEndpoint(failures=2)
     try:
-        engine = build_engine(
-            "openai", base_url=endpoint.url, model="/ckpt/toy", served_model="toy", backoff_s=0.01
-        )
+        options = {"base_url": endpoint.url, "served_model": "toy", "backoff_s": 0.01}
+        engine = build_engine(EngineSpec("openai", options), "/ckpt/toy")
         red = Image.new("RGB", (8, 8), (255, 0, 0))
         prompts = [
             Prompt(
@@ -102,8 +101,11 @@ def test_requests_retries_and_failures():
         assert completion["prompt"] == prompts[1].text and len(completion["images"]) == 1
 
         with pytest.raises(OpenAIEngineError, match="refused it: HTTP 400: no such thing"):
-            build_engine("openai", base_url=endpoint.url, model="bad").generate([Prompt(text="x")], params)
-        stubborn = build_engine("openai", base_url=endpoint.url, model="toy", max_retries=1, backoff_s=0.01)
+            build_engine(EngineSpec("openai", {"base_url": endpoint.url}), "bad").generate(
+                [Prompt(text="x")], params
+            )
+        options = {"base_url": endpoint.url, "max_retries": 1, "backoff_s": 0.01}
+        stubborn = build_engine(EngineSpec("openai", options), "toy")
         endpoint.failures = 100
         with pytest.raises(OpenAIEngineError, match="failed 2 times: HTTP 503"):
             stubborn.generate([Prompt(text="y")], params)

@@ -2,8 +2,9 @@
 the server serving the toy teacher writes the same dataset, and serving the tiny LLaVA gives the same answers,
 as the in-process transformers engine decoding greedily.
 
-Both sides decode one unpadded sequence at a time (server `engine.batch_size=1`, in-process batch size 1), so
-equal outputs are exact, not subject to padding's float noise; the client still sends requests concurrently."""
+Both sides decode one unpadded sequence at a time (batch size 1 in the server's engine.serve and in process), so
+equal outputs are exact, not subject to padding's float noise; the client still sends requests concurrently.
+The `openai` engines are configured as `engine/teacher=openai engine.teacher.options.base_url=...` would."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import re
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 
+from firellava.config import CONF_DIR, build
 from firellava.datagen.stage import DatagenSpec, Teacher, generate_dataset
-from firellava.engines import SamplingParams, build_engine
+from firellava.engines import EngineSpec, SamplingParams, build_engine
 from firellava.eval.stage import EvalSpec, evaluate
 from firellava.serve.process import ServerProcess
 from firellava.serve.settings import ServerSettings
@@ -22,12 +25,19 @@ from firellava.toy.teacher import train_toy_teacher
 from tests.conftest import toy_world_spec
 from tests.test_datagen_stage import TYPES, outputs, sources
 
-SERIAL_CPU = {"device": "cpu", "dtype": "float32", "batch_size": 1}
+SERIAL_CPU = EngineSpec("transformers", {"device": "cpu", "dtype": "float32", "batch_size": 1})
 
 
 def served(model: Path, name: str, log_path: Path) -> ServerProcess:
-    settings = ServerSettings(model=str(model), model_name=name, port=0, engine=dict(SERIAL_CPU))
+    settings = ServerSettings(model=str(model), model_name=name, port=0, engine=SERIAL_CPU)
     return ServerProcess(settings, log_path=log_path, start_timeout_s=90)
+
+
+def openai_engine(consumer: str, *overrides: str) -> EngineSpec:
+    """`engine/<consumer>=openai` and the overrides, as the command line gives them."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"engine/{consumer}=openai", *overrides])
+    return build(cfg.engine[consumer])
 
 
 def requests_logged(log_path: Path, route: str) -> int:
@@ -58,11 +68,13 @@ def test_datagen_through_the_server_matches_in_process(toy_world, toy_teacher, t
             teacher,
             sources(toy_world),
             lambda: build_engine(
-                "openai",
-                base_url=server.base_url,
-                model=str(toy_teacher),
-                served_model="teacher",
-                concurrency=4,
+                openai_engine(
+                    "teacher",
+                    f"engine.teacher.options.base_url={server.base_url}",
+                    "engine.teacher.options.served_model=teacher",
+                    "engine.teacher.options.concurrency=4",
+                ),
+                str(toy_teacher),
             ),
             params,
             tmp_path / "remote",
@@ -72,7 +84,7 @@ def test_datagen_through_the_server_matches_in_process(toy_world, toy_teacher, t
         spec,
         teacher,
         sources(toy_world),
-        lambda: build_engine("transformers", model=str(toy_teacher), model_name="toy-teacher", **SERIAL_CPU),
+        lambda: build_engine(SERIAL_CPU, str(toy_teacher), "toy-teacher"),
         params,
         tmp_path / "local",
     )
@@ -100,9 +112,12 @@ def test_datagen_through_the_server_matches_in_process(toy_world, toy_teacher, t
 BENCHES = ["vqav2", "pope", "scienceqa_img"]
 
 
-def eval_spec(batch_size: int) -> EvalSpec:
+def eval_spec(checkpoint: Path, data_root: Path, batch_size: int) -> EvalSpec:
     return EvalSpec(
         benchmarks=BENCHES,
+        checkpoint=str(checkpoint),
+        model_name="finetune",
+        data_root=str(data_root),
         splits={"vqav2": "val"},
         limit=3,
         batch_size=batch_size,
@@ -126,11 +141,20 @@ def test_eval_through_the_server_matches_in_process(tiny_llava, toy_world, tmp_p
     data_root = Path(toy_world["dir"]) / "data" / "eval"
     log_path = tmp_path / "server.log"
     with served(checkpoint, "toy-llava", log_path) as server:
-        # eval's batch size is the client's requests in flight; the server still decodes them one by one
-        options = {"backend": "openai", "base_url": server.base_url, "served_model": "toy-llava"}
-        remote = evaluate(eval_spec(batch_size=3), checkpoint, tmp_path / "remote", data_root, options)
+        # 3 answers per call and 3 requests in flight; the server still decodes them one by one
+        remote_engine = openai_engine(
+            "eval",
+            f"engine.eval.options.base_url={server.base_url}",
+            "engine.eval.options.served_model=toy-llava",
+            "engine.eval.options.concurrency=3",
+        )
+        remote = evaluate(
+            eval_spec(checkpoint, data_root, batch_size=3), remote_engine, SERIAL_CPU, tmp_path / "remote"
+        )
         assert requests_logged(log_path, "/v1/chat/completions") == remote["generated"] == 9
-    local = evaluate(eval_spec(batch_size=1), checkpoint, tmp_path / "local", data_root, dict(SERIAL_CPU))
+    local = evaluate(
+        eval_spec(checkpoint, data_root, batch_size=1), SERIAL_CPU, SERIAL_CPU, tmp_path / "local"
+    )
 
     assert remote["questions"] == local["questions"] == 9
     assert remote["model"] == local["model"]  # the answers are keyed to the checkpoint, not the backend

@@ -1,4 +1,5 @@
-"""vLLM's async engine behind the server (GPU only): the tiny Llava checkpoint, greedy, through the adapter."""
+"""vLLM's async engine behind the server (GPU only): the tiny Llava checkpoint, greedy, built from engine.serve the
+way the server builds it."""
 
 from __future__ import annotations
 
@@ -7,19 +8,25 @@ import asyncio
 import pytest
 from PIL import Image
 
-from firellava.engines.base import Generation, Prompt, SamplingParams
+from firellava.engines.base import EngineSpec, Generation, Prompt, SamplingParams
 
 pytestmark = pytest.mark.gpu
 
 
-def test_vllm_adapter_generates_and_streams(tiny_llava, tmp_path):
+def test_async_vllm_engine_generates_and_streams(tiny_llava, tmp_path):
     pytest.importorskip("vllm")
-    from firellava.serve.vllm_adapter import VLLMServeEngine
+    from firellava.engines.vllm_engine import AsyncVLLMEngine
+    from firellava.serve.engines import build_serve_engine
+    from firellava.serve.settings import ServerSettings
     from tests.llava_helpers import save_llava
 
     model, processor = tiny_llava
     path = str(save_llava(model, processor, tmp_path / "llava"))
-    engine = VLLMServeEngine(path, "tiny", gpu_memory_utilization=0.3, max_model_len=512, enforce_eager=True)
+    options = {"gpu_memory_utilization": 0.3, "max_model_len": 512, "enforce_eager": True, "batch_size": 4}
+    engine = build_serve_engine(
+        ServerSettings(model=path, model_name="tiny", engine=EngineSpec("vllm", options))
+    )
+    assert isinstance(engine, AsyncVLLMEngine) and engine.model_name == "tiny"
     try:
         text = engine.render(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Color?"}]}]

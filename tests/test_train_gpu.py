@@ -12,8 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from firellava.engines import build_engine
-from firellava.engines.base import Prompt, SamplingParams
+from firellava.engines import EngineSpec, Prompt, SamplingParams, build_engine
 from firellava.train.export import RESULT_FILE
 from firellava.train.launch import run_finetune, run_pretrain
 from tests.test_train_stages import tiny_cfg
@@ -41,7 +40,7 @@ def test_stages_on_gpu_run_bf16_with_gradient_checkpointing(toy_world, tmp_path)
         assert result["batch"]["world_size"] == 1
         assert math.isfinite(result["final_loss"])
 
-    engine = build_engine("transformers", model=fine["dir"], device="cuda", dtype="bfloat16")
+    engine = build_engine(EngineSpec("transformers", {"device": "cuda", "dtype": "bfloat16"}), fine["dir"])
     prompt = Prompt(
         messages=[{"role": "user", "content": "<image>\nWhat color is the circle?"}],
         images=[Image.new("RGB", (50, 70), (220, 30, 30))],

@@ -14,8 +14,7 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 from transformers import AutoProcessor, CLIPVisionModel, LlamaForCausalLM
 
-from firellava.engines import build_engine
-from firellava.engines.base import Prompt, SamplingParams
+from firellava.engines import EngineSpec, Prompt, SamplingParams, build_engine
 from firellava.train.export import PROJECTOR_FILE, RESULT_FILE
 from firellava.train.launch import run_finetune, run_pretrain
 from tests.llava_helpers import load_llava, render
@@ -110,7 +109,7 @@ def test_export_round_trip_loads_and_generates(stages):
     )
     from PIL import Image
 
-    engine = build_engine("transformers", model=str(out))
+    engine = build_engine(EngineSpec("transformers"), str(out))
     prompt = Prompt(messages=messages, images=[Image.new("RGB", (50, 70), (220, 30, 30))])
     [gen] = engine.generate([prompt], SamplingParams(max_tokens=4))
     assert gen.prompt_tokens > 36  # the processor expanded <image> to the model's 36 image tokens

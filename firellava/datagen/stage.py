@@ -1,7 +1,7 @@
 """The datagen stage: COCO captions (+ boxes) -> LLaVA-Instruct-style conversations from an open, text-only LLM.
 
-`run(cfg)` turns the `data_gen`, `teacher` and `engine` subtrees into typed arguments; `generate_dataset` below
-never sees a DictConfig. Outputs under `paths.datagen_dir` (or its `shard-i-of-n/` for one shard of many):
+`run(cfg)` builds the `data_gen`, `teacher`, `engine.teacher` and `paths` specs; `generate_dataset` below never
+sees a DictConfig. Outputs under `paths.datagen_dir` (or its `shard-i-of-n/` for one shard of many):
 `conversation.jsonl`, `detail.jsonl`, `complex_reasoning.jsonl`, `rejected.jsonl`, `stats.json`, `DATACARD.md`,
 and `parts/` (raw generations, the resume journal).
 """
@@ -12,13 +12,11 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-
+from firellava.config import build
 from firellava.datagen.contexts import TYPES, load_contexts, select_work
 from firellava.datagen.generate import (
     check_manifest,
@@ -33,11 +31,10 @@ from firellava.datagen.outputs import Provenance, build_records, compute_stats, 
 from firellava.datagen.parse import ParseRules
 from firellava.datagen.prefix import shared_prefix
 from firellava.datagen.prompts import prompt_set
-from firellava.engines import Engine, SamplingParams, build_engine
+from firellava.engines import Engine, EngineSpec, SamplingParams, build_engine
+from firellava.paths import Paths
 
 log = logging.getLogger(__name__)
-
-SAMPLING_KEYS = ("max_tokens", "temperature", "top_p")  # the rest of the engine group builds the engine
 
 
 @dataclass(frozen=True)
@@ -71,11 +68,14 @@ class DatagenSpec:
 
 @dataclass(frozen=True)
 class Teacher:
+    """The `teacher` config group: the model that writes the conversations and its license (how it runs is
+    engine.teacher)."""
+
     model: str
     license: str
     commercial_use: bool
     name: str | None = None
-    max_model_len: int | None = None
+    max_model_len: int | None = None  # the context engine.teacher reserves (its options interpolate this)
 
     @property
     def display_name(self) -> str:
@@ -88,6 +88,10 @@ class Sources:
     coco_captions: str
     coco_images: str
     image_folder: str
+
+    @classmethod
+    def of(cls, paths: Paths) -> Sources:
+        return cls(paths.coco_instances, paths.coco_captions, paths.coco_images, paths.image_folder)
 
     def image_prefix(self) -> str:
         rel = os.path.relpath(Path(self.coco_images).resolve(), Path(self.image_folder).resolve())
@@ -242,26 +246,21 @@ def _log_wandb(spec: WandbSpec, stats: Mapping[str, Any], records: Mapping[str, 
     run.finish()
 
 
+def teacher_sampling(engine: EngineSpec, spec: DatagenSpec) -> SamplingParams:
+    """The teacher's sampling with data_gen's stop strings (a run-on guard tied to the prompt set) and seed."""
+    return replace(engine.sampling, stop=tuple(spec.stop), seed=spec.seed)
+
+
 def run(cfg) -> dict[str, Any]:
-    spec: DatagenSpec = instantiate(cfg.data_gen, _convert_="all")
-    teacher = Teacher(**OmegaConf.to_container(cfg.teacher, resolve=True))
-    sources = Sources(
-        coco_instances=cfg.paths.coco_instances,
-        coco_captions=cfg.paths.coco_captions,
-        coco_images=cfg.paths.coco_images,
-        image_folder=cfg.paths.image_folder,
-    )
-    engine_cfg = OmegaConf.to_container(cfg.engine, resolve=True)
-    backend = engine_cfg.pop("backend")
-    params = SamplingParams(
-        **{k: engine_cfg.pop(k) for k in SAMPLING_KEYS if k in engine_cfg},
-        stop=tuple(spec.stop),
-        seed=spec.seed,
-    )
-    if backend == "vllm" and teacher.max_model_len:
-        engine_cfg.setdefault("max_model_len", teacher.max_model_len)
+    spec: DatagenSpec = build(cfg.data_gen)
+    teacher: Teacher = build(cfg.teacher)
+    engine: EngineSpec = build(cfg.engine.teacher)
+    paths: Paths = build(cfg.paths)
 
     def factory() -> Engine:
-        return build_engine(backend, model=teacher.model, model_name=teacher.display_name, **engine_cfg)
+        return build_engine(engine, teacher.model, teacher.display_name)
 
-    return generate_dataset(spec, teacher, sources, factory, params, output_dir(cfg.paths.datagen_dir, spec))
+    params = teacher_sampling(engine, spec)
+    return generate_dataset(
+        spec, teacher, Sources.of(paths), factory, params, output_dir(paths.datagen_dir, spec)
+    )

@@ -1,9 +1,10 @@
-"""One engine interface for every generation in the project (DESIGN rule 3).
+"""One engine interface for every generation in the project.
 
 Text for datagen, image + text for eval and serve. Backends: `transformers` (CPU, the toy world), `vllm` (GPU),
-and any OpenAI-compatible HTTP endpoint. Build one from config with `build_engine(backend=..., **options)`.
+and any OpenAI-compatible HTTP endpoint. An `EngineSpec` (one `engine/<consumer>` config group) says how a model
+runs; `build_engine(spec, model)` is the one constructor.
 """
 
-from firellava.engines.base import Engine, Generation, Prompt, SamplingParams, build_engine
+from firellava.engines.base import Engine, EngineSpec, Generation, Prompt, SamplingParams, build_engine
 
-__all__ = ["Engine", "Generation", "Prompt", "SamplingParams", "build_engine"]
+__all__ = ["Engine", "EngineSpec", "Generation", "Prompt", "SamplingParams", "build_engine"]

@@ -1,4 +1,5 @@
-"""The engine interface: a batch of prompts in, one generation per prompt out, with token counts."""
+"""The engine interface: a batch of prompts in, one generation per prompt out, with token counts; and the one
+engine spec and constructor every caller goes through."""
 
 from __future__ import annotations
 
@@ -58,8 +59,29 @@ class Engine(Protocol):
         ...
 
 
-def build_engine(backend: str, **options: Any) -> Engine:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown engine backend {backend!r}; known: {', '.join(BACKENDS)}")
-    module, cls = BACKENDS[backend].split(":")
-    return getattr(importlib.import_module(module), cls)(**options)
+@dataclass(frozen=True)
+class EngineSpec:
+    """How a model runs: an `engine/<consumer>` config group (conf/engine/{teacher,eval,judge,serve}/).
+
+    `options` go to the backend's constructor in the project's names (`batch_size`, `device`, `dtype`, ...; a
+    backend translates them to its own), `sampling` is what the consumer generates with unless it says otherwise
+    (eval sets max_tokens per benchmark, datagen adds its stop strings and seed). The model itself is not part of
+    the spec: the consumer names it (teacher.model, eval.checkpoint, eval.judge.model, serve.model).
+    """
+
+    backend: str
+    options: dict[str, Any] = field(default_factory=dict)
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown engine backend {self.backend!r}; known: {', '.join(BACKENDS)}")
+
+
+def build_engine(spec: EngineSpec, model: str, model_name: str | None = None) -> Engine:
+    """The engine that runs `model` (a directory or hub id) the way `spec` says; `model_name` is the name it
+    reports (default: `model`)."""
+    module, cls = BACKENDS[spec.backend].split(":")
+    return getattr(importlib.import_module(module), cls)(
+        model=str(model), model_name=model_name, **spec.options
+    )

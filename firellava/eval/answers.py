@@ -161,9 +161,11 @@ def generate_missing(
     cache: AnswerCache,
     *,
     batch_size: int,
-    max_new_tokens: int,
+    params: SamplingParams,
 ) -> int:
-    """Answer the questions the cache lacks, batch by batch; returns how many were generated."""
+    """Answer the questions the cache lacks, batch by batch (`params.max_tokens` is the benchmark's budget);
+    returns how many were generated."""
+    max_new_tokens = params.max_tokens
     todo = [q for q in questions if not cache.fresh(q, max_new_tokens)]
     if not todo:
         log.info("%s: all %d answers cached in %s", benchmark, len(questions), cache.path)
@@ -175,7 +177,6 @@ def generate_missing(
         len(questions),
         len(questions) - len(todo),
     )
-    params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
     start = time.perf_counter()
     for i in range(0, len(todo), batch_size):
         batch = todo[i : i + batch_size]

@@ -1,6 +1,6 @@
 """The judge: any model behind the engine interface (an open LLM, a served endpoint, or GPT-4 through the
-OpenAI-compatible backend) grades free-form answers. Greedy, so that a rerun gives the same reviews; with a
-`ReviewCache` a rerun asks only for the reviews it lacks."""
+OpenAI-compatible backend) grades free-form answers. Greedy (engine.judge.sampling), so that a rerun gives the same
+reviews; with a `ReviewCache` a rerun asks only for the reviews it lacks."""
 
 from __future__ import annotations
 
@@ -41,16 +41,19 @@ class LazyEngine:
         return self._engine.generate(prompts, params)
 
 
+GREEDY = SamplingParams(max_tokens=256, temperature=0.0)
+
+
 class Judge:
     def __init__(
         self,
         engine: Engine,
-        max_tokens: int = 256,
+        params: SamplingParams = GREEDY,
         cache: ReviewCache | None = None,
         save_every: int = 64,
     ) -> None:
         self.engine = engine
-        self.params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+        self.params = params
         self.cache = cache
         self.save_every = save_every  # reviews per engine call, each batch saved before the next one
         self.generated = 0  # reviews this judge asked its engine for (cache misses)
@@ -61,7 +64,7 @@ class Judge:
 
     def with_cache(self, cache: ReviewCache) -> Judge:
         """The same judge model, reading and writing reviews in `cache` (one per benchmark)."""
-        return Judge(self.engine, self.params.max_tokens, cache, self.save_every)
+        return Judge(self.engine, self.params, cache, self.save_every)
 
     def review(self, system: str, contents: Sequence[str]) -> list[str]:
         """One review per content, in order; cached ones are not asked again, identical prompts only once."""

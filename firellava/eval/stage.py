@@ -1,60 +1,54 @@
 """The eval stage: answer every configured benchmark with the finetuned checkpoint, score it like the reference
 protocol, and write the report under `<output_dir>/eval/`.
 
-`run(cfg)` turns the `eval` and `engine` config subtrees into typed arguments; nothing below it sees a DictConfig.
+`run(cfg)` builds the `eval`, `engine.eval` and `engine.judge` specs; nothing below it sees a DictConfig.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
-
+from firellava.config import build
 from firellava.core.io import write_jsonl
-from firellava.engines import build_engine
+from firellava.engines import Engine, EngineSpec, build_engine
 from firellava.eval.answers import AnswerCache, ReviewCache, generate_missing, model_fingerprint
 from firellava.eval.benchmarks import BENCHMARKS, Benchmark, Question, get_benchmark
 from firellava.eval.judge import Judge, LazyEngine
 from firellava.eval.report import log_wandb, write_report
 
 log = logging.getLogger(__name__)
-_ENGINE_SAMPLING_KEYS = (
-    "backend",
-    "max_tokens",
-    "temperature",
-    "top_p",
-)  # eval decodes greedily, per benchmark
 
 
 @dataclass(frozen=True)
 class JudgeSpec:
     """The judge model for LLaVA-Bench and MM-Vet, and for MMBench's option matching where the rules find no
-    letter. `model: null` lets the evaluated checkpoint judge LLaVA-Bench and MM-Vet (toy); MMBench then has no
-    judge fallback."""
+    letter (it runs as engine.judge says). `model: null` lets the evaluated checkpoint judge LLaVA-Bench and
+    MM-Vet (toy); MMBench then has no judge fallback."""
 
     model: str | None = None
-    backend: str = "transformers"
-    max_tokens: int = 256
-    options: dict[str, Any] = field(default_factory=dict)  # backend constructor options
+    model_name: str | None = None  # the name its cached reviews are keyed by (the config's default: model)
+
+    def __post_init__(self) -> None:
+        if self.model is not None and not self.model_name:
+            raise ValueError("eval.judge.model_name is required with eval.judge.model (it keys the reviews)")
 
 
 @dataclass(frozen=True)
 class EvalSpec:
     benchmarks: list[str]
-    checkpoint: str | None = None  # default: paths.finetune_dir
-    model_name: str | None = None  # default: the checkpoint folder's name
-    data_root: str | None = None  # default: <paths.data_root>/eval
+    checkpoint: str
+    model_name: str  # answers are cached under answers/<model_name>/
+    data_root: str  # LLaVA's playground/data/eval layout
     splits: dict[str, str] = field(default_factory=dict)  # benchmark -> split (default: the scored one)
     limit: int | None = None  # first N questions per benchmark, for smoke runs
-    batch_size: int = 8
+    batch_size: int = 8  # answers per engine call, each batch saved before the next
     max_new_tokens: int | dict[str, int] | None = None  # default: LLaVA's per benchmark (128 / 1024)
     generate: bool = True  # false: score the cached answers only (a missing one is an error)
-    judge: JudgeSpec | dict[str, Any] = field(default_factory=JudgeSpec)
+    judge: JudgeSpec = field(default_factory=JudgeSpec)
     wandb: bool = False
     wandb_project: str = "firellava"
 
@@ -67,8 +61,6 @@ class EvalSpec:
             raise ValueError("eval.benchmarks is empty")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"eval.limit must be a positive integer or null, got {self.limit}")
-        if isinstance(self.judge, dict):
-            object.__setattr__(self, "judge", JudgeSpec(**self.judge))
 
     def tokens_for(self, bench: Benchmark) -> int:
         if isinstance(self.max_new_tokens, int):
@@ -93,46 +85,41 @@ def _sample_rows(questions: list[Question], cache: AnswerCache, reviews: dict[st
     return rows
 
 
-def evaluate(
-    spec: EvalSpec, checkpoint: Path, out_dir: Path, data_root: Path, engine_options: dict[str, Any]
-) -> dict[str, Any]:
+def evaluate(spec: EvalSpec, engine: EngineSpec, judge_engine: EngineSpec, out_dir: Path) -> dict[str, Any]:
+    """Answer, score and report every benchmark of `spec`: the checkpoint runs as `engine` says, a named judge
+    model as `judge_engine` (whose sampling the judge uses either way)."""
     start = time.perf_counter()
-    out_dir = out_dir.resolve()
+    out_dir = Path(out_dir).resolve()
+    checkpoint, data_root = Path(spec.checkpoint), Path(spec.data_root)
     benches = [get_benchmark(n, data_root, spec.splits.get(n)) for n in spec.benchmarks]
     loaded = {b.name: b.load()[: spec.limit] for b in benches}  # every file is read before any generation
-    model_name = spec.model_name or checkpoint.resolve().name
+    model_name = spec.model_name
     model_id = f"{model_name}-{model_fingerprint(checkpoint)}"
     caches = {
         b.name: AnswerCache(out_dir / "answers" / model_name / f"{b.name}.jsonl", model_id) for b in benches
     }
 
-    backend = engine_options.get("backend", "transformers")
-    engine_options = {k: v for k, v in engine_options.items() if k not in _ENGINE_SAMPLING_KEYS}
-    engine_options["batch_size"] = spec.batch_size
     # the evaluated model, loaded on first need: a rerun with every answer and review cached never loads it
-    engine = LazyEngine(
-        model_id, lambda: build_engine(backend, model=str(checkpoint), model_name=model_id, **engine_options)
-    )
+    model = LazyEngine(model_id, lambda: build_engine(engine, str(checkpoint), model_id))
     generated = 0
     if spec.generate:
         for b in benches:
+            params = replace(engine.sampling, max_tokens=spec.tokens_for(b))
             generated += generate_missing(
-                engine, b.name, loaded[b.name], caches[b.name], batch_size=spec.batch_size,
-                max_new_tokens=spec.tokens_for(b),
-            )  # fmt: skip
+                model, b.name, loaded[b.name], caches[b.name], batch_size=spec.batch_size, params=params
+            )
 
     judge = None
-    judged = [b for b in benches if b.judged or (b.judge_fallback and spec.judge.model is not None)]
+    js = spec.judge
+    judged = [b for b in benches if b.judged or (b.judge_fallback and js.model is not None)]
     if judged:
-        if spec.judge.model is None:
-            judge_engine = engine
-        else:
-            # the name keys the cached reviews, so it is passed to the engine rather than left to the backend
-            js, name = spec.judge, spec.judge.options.get("model_name") or spec.judge.model
-            judge_engine = LazyEngine(
-                name, lambda: build_engine(js.backend, model=js.model, **{**js.options, "model_name": name})
+        judge_model: Engine = model
+        if js.model is not None:
+            # the name keys the cached reviews, so it is given to the engine rather than left to the backend
+            judge_model = LazyEngine(
+                js.model_name, lambda: build_engine(judge_engine, js.model, js.model_name)
             )
-        judge = Judge(judge_engine, spec.judge.max_tokens)
+        judge = Judge(judge_model, judge_engine.sampling)
 
     results: dict[str, dict[str, Any]] = {}
     judge_generated = 0
@@ -183,9 +170,5 @@ def evaluate(
 
 
 def run(cfg) -> dict[str, Any]:
-    spec: EvalSpec = instantiate(cfg.eval, _convert_="all")
-    out_dir = Path(cfg.paths.eval_dir)
-    checkpoint = Path(spec.checkpoint or cfg.paths.finetune_dir)
-    data_root = Path(spec.data_root or Path(cfg.paths.data_root) / "eval")
-    engine_options = OmegaConf.to_container(cfg.engine, resolve=True)
-    return evaluate(spec, checkpoint, out_dir, data_root, dict(engine_options))
+    spec: EvalSpec = build(cfg.eval)
+    return evaluate(spec, build(cfg.engine.eval), build(cfg.engine.judge), Path(build(cfg.paths).eval_dir))

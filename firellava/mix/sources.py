@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,48 +26,36 @@ _IMAGE_NUMBER = re.compile(r"(\d+)\.\w+$")
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """One registry entry: what the source is, its license, and how its records are recognized."""
+    """One registry entry (conf/mix/sources/): what the source is, its license, and how its records are
+    recognized."""
 
     name: str
     license: str
     commercial_use: bool
     text_only: bool = False
-    image_prefixes: tuple[str, ...] = ()
-    first_turn_suffixes: tuple[str, ...] = ()
-    first_turn_prefixes: tuple[str, ...] = ()
-    question_files: tuple[str, ...] = ()  # VQA-format question files: {"questions": [{image_id, question}]}
+    image_prefixes: Sequence[str] = ()
+    first_turn_suffixes: Sequence[str] = ()
+    first_turn_prefixes: Sequence[str] = ()
+    question_files: Sequence[str] = ()  # VQA-format question files: {"questions": [{image_id, question}]}
     reference_json: str | None = (
         None  # a LLaVA-format file whose (image, first question) pairs are the source
     )
     url: str = ""
     note: str = ""
 
-    @classmethod
-    def from_dict(cls, name: str, raw: Mapping[str, Any]) -> SourceSpec:
-        known = {f.name for f in fields(cls)} - {"name"}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"mix.sources.{name}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
+    def __post_init__(self) -> None:
         for key in ("license", "commercial_use"):
-            if raw.get(key) in (None, ""):
-                raise ValueError(f"mix.sources.{name}.{key} is required: every source declares it")
-        if not isinstance(raw["commercial_use"], bool):
-            raise ValueError(f"mix.sources.{name}.commercial_use must be true or false")
-        values = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in raw.items()}
-        spec = cls(name=name, **values)
-        if spec.text_only and (spec.image_prefixes or spec.question_files or spec.reference_json):
-            raise ValueError(f"mix.sources.{name}: a text-only source cannot also match on images")
-        if not spec.text_only and not spec.image_prefixes:
+            if getattr(self, key) in (None, ""):
+                raise ValueError(f"mix.sources.{self.name}.{key} is required: every source declares it")
+        if not isinstance(self.commercial_use, bool):
+            raise ValueError(f"mix.sources.{self.name}.commercial_use must be true or false")
+        if self.text_only and (self.image_prefixes or self.question_files or self.reference_json):
+            raise ValueError(f"mix.sources.{self.name}: a text-only source cannot also match on images")
+        if not self.text_only and not self.image_prefixes:
             raise ValueError(
-                f"mix.sources.{name}: give image_prefixes (or text_only: true); a rule must say where it applies"
+                f"mix.sources.{self.name}: give image_prefixes (or text_only: true); a rule must say where it "
+                "applies"
             )
-        return spec
-
-
-def load_registry(raw: Mapping[str, Mapping[str, Any]]) -> list[SourceSpec]:
-    if not raw:
-        raise ValueError("mix.sources is empty: the registry must name every source of the input mix")
-    return [SourceSpec.from_dict(name, entry) for name, entry in raw.items()]
 
 
 def normalize(text: str) -> str:
@@ -140,8 +128,8 @@ def load_reference_json(path: Path) -> tuple[set[tuple[str, str]], ReferenceFile
 def _rule(spec: SourceSpec, questions: set, references: set) -> Callable[[str | None, str | None], bool]:
     """A predicate on (image, first human text) for the conditions of `spec` beyond its image prefixes
     (`Classifier` only asks rules whose prefix the image has)."""
-    suffixes = spec.first_turn_suffixes
-    starts = spec.first_turn_prefixes
+    suffixes = tuple(spec.first_turn_suffixes)  # str.endswith takes a tuple, not a list from the config
+    starts = tuple(spec.first_turn_prefixes)
 
     def match(image: str | None, text: str | None) -> bool:
         if text is None:

@@ -14,19 +14,20 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from firellava.config import build, to_node
 from firellava.core.io import atomic_path, iter_jsonl, staged_dir, write_json
 from firellava.core.records import record_problem
 from firellava.mix.card import render_datacard
 from firellava.mix.io import JsonListReader
 from firellava.mix.plan import draw, plan_counts, shuffle
-from firellava.mix.sources import Classifier, SourceSpec, load_registry
+from firellava.mix.sources import Classifier, SourceSpec
 from firellava.mix.validate import MISSING, OK, UNDECODABLE, check_images, images_digest
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,28 @@ class ImageChecker(Protocol):
 
 
 @dataclass(frozen=True)
+class GeneratedSource:
+    """The datagen stage's output: its own source, under the teacher model's license."""
+
+    name: str
+    license: str
+    commercial_use: bool
+    files: Sequence[str] = ()
+    url: str = ""
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        missing = [k for k in ("name", "license", "commercial_use") if getattr(self, k) in (None, "")]
+        if missing:
+            raise ValueError(f"mix.generated: {missing} required")
+
+
+@dataclass(frozen=True)
 class MixSpec:
     """The `mix` config group, as typed arguments (see conf/mix/)."""
 
-    sources: dict[str, dict[str, Any]]
-    generated: dict[str, Any]
+    sources: dict[str, SourceSpec]
+    generated: GeneratedSource
     reference_files: dict[str, str] = field(default_factory=dict)
     target_total: int | None = 588_000
     fill_source: str | None = "firellava_generated"
@@ -62,24 +80,12 @@ class MixSpec:
     overwrite: bool = False
     output_name: str = "firellava_mix.json"
 
-
-@dataclass(frozen=True)
-class GeneratedSource:
-    """The datagen stage's output: its own source, under the teacher model's license."""
-
-    name: str
-    license: str
-    commercial_use: bool
-    files: tuple[str, ...]
-    url: str = ""
-    note: str = ""
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> GeneratedSource:
-        missing = [k for k in ("name", "license", "commercial_use") if raw.get(k) in (None, "")]
-        if missing:
-            raise ValueError(f"mix.generated: {missing} required")
-        return cls(**{**raw, "files": tuple(raw.get("files") or ())})
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise ValueError("mix.sources is empty: the registry must name every source of the input mix")
+        for key, source in self.sources.items():
+            if source.name != key:
+                raise ValueError(f"mix.sources.{key}.name is {source.name!r}; a source's name is its key")
 
 
 @dataclass(frozen=True)
@@ -338,16 +344,12 @@ def _noncommercial_statement(included: list[SourceSpec | GeneratedSource], allow
 
 
 def build_mix(
-    spec: MixSpec,
-    inputs: MixInputs,
-    *,
-    config: dict[str, Any] | None = None,
-    image_checker: ImageChecker = check_images,
+    spec: MixSpec, inputs: MixInputs, *, image_checker: ImageChecker = check_images
 ) -> dict[str, Any]:
     """Run the whole stage; `image_checker` is replaceable so a benchmark can time the rest without images."""
     start = time.perf_counter()
-    registry = load_registry(spec.sources)
-    generated = GeneratedSource.from_dict(spec.generated)
+    registry = list(spec.sources.values())
+    generated = spec.generated
     _check_sources(spec, registry, generated)
     every = {s.name: s for s in [*registry, generated]}
     permitted = {n: s for n, s in every.items() if s.commercial_use or spec.allow_noncommercial}
@@ -427,7 +429,7 @@ def build_mix(
             "inputs": input_files,
             "images": images,
             "dropped_records": dict(pool.dropped),
-            "config": config if config is not None else {"quotas": spec.quotas},
+            "config": to_node(spec),
         }
         write_json(tmp / "manifest.json", manifest)
         with atomic_path(tmp / "DATACARD.md") as card:
@@ -447,14 +449,11 @@ def build_mix(
 
 
 def run(cfg) -> dict[str, Any]:
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    spec = instantiate(cfg.mix, _convert_="all")
+    paths = build(cfg.paths)
     inputs = MixInputs(
-        mix665k_json=Path(cfg.paths.mix665k_json),
-        image_folder=Path(cfg.paths.image_folder),
-        datagen_dir=Path(cfg.paths.datagen_dir),
-        out_dir=Path(cfg.paths.mix_dir),
+        mix665k_json=Path(paths.mix665k_json),
+        image_folder=Path(paths.image_folder),
+        datagen_dir=Path(paths.datagen_dir),
+        out_dir=Path(paths.mix_dir),
     )
-    return build_mix(spec, inputs, config=OmegaConf.to_container(cfg.mix, resolve=True))
+    return build_mix(build(cfg.mix), inputs)

@@ -60,16 +60,12 @@ def run_server(settings: ServerSettings) -> None:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     start = time.perf_counter()
-    engine = build_serve_engine(
-        settings.backend,
-        settings.model,
-        settings.served_name,
-        settings.limits.batch_wait_s,
-        settings.limits.max_batch_wait_s,
-        settings.engine,
-    )
+    engine = build_serve_engine(settings)
     log.info(
-        "engine %s (%s) ready in %.1fs", settings.served_name, settings.backend, time.perf_counter() - start
+        "engine %s (%s) ready in %.1fs",
+        settings.model_name,
+        settings.engine.backend,
+        time.perf_counter() - start,
     )
     app = create_app(settings, engine)
     uvicorn.run(

@@ -1,8 +1,9 @@
-"""Engine adapters for the server: the one engine interface, made async.
+"""The server's engines: the project's engines, made async.
 
-`TransformersServeEngine` runs the transformers engine in one worker thread that batches concurrent requests
-(same sampling parameters, up to the engine's batch size) and streams tokens for `stream=true` requests (those run
-one at a time: transformers' streamer takes a single sequence). `serve.vllm_adapter.VLLMServeEngine` is the GPU one.
+`TransformersServeEngine` runs a `TransformersEngine` in one worker thread that batches concurrent requests (same
+sampling parameters, up to the engine's batch size) and streams tokens for `stream=true` requests (those run one
+at a time: transformers' streamer takes a single sequence). On a GPU, `firellava.engines.vllm_engine`'s
+`AsyncVLLMEngine` serves with vLLM's continuous batching.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from firellava.engines.base import Generation, Prompt, SamplingParams
+from firellava.engines.base import Generation, Prompt, SamplingParams, build_engine
+
+if TYPE_CHECKING:
+    from firellava.engines.transformers_engine import TransformersEngine
+    from firellava.serve.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +65,10 @@ class _Job:
 
 class TransformersServeEngine:
     def __init__(
-        self,
-        model: str,
-        model_name: str,
-        batch_wait_s: float = 0.02,
-        max_batch_wait_s: float = 0.25,
-        **engine_options: Any,
+        self, engine: TransformersEngine, batch_wait_s: float = 0.02, max_batch_wait_s: float = 0.25
     ) -> None:
-        from firellava.engines.transformers_engine import TransformersEngine
-
-        self.engine = TransformersEngine(model, model_name=model_name, **engine_options)
-        self.model_name = model_name
+        self.engine = engine
+        self.model_name = engine.model_name
         config = self.engine.model.config
         self.image_tokens = int(getattr(config, "image_seq_length", 0) or 0)
         text_config = getattr(config, "text_config", config)
@@ -208,15 +206,15 @@ class TransformersServeEngine:
             job.send(e)
 
 
-def build_serve_engine(
-    backend: str, model: str, model_name: str, batch_wait_s: float, max_batch_wait_s: float, options: dict
-) -> ServeEngine:
-    if backend == "transformers":
-        return TransformersServeEngine(
-            model, model_name, batch_wait_s=batch_wait_s, max_batch_wait_s=max_batch_wait_s, **options
-        )
-    if backend == "vllm":
-        from firellava.serve.vllm_adapter import VLLMServeEngine
+def build_serve_engine(settings: ServerSettings) -> ServeEngine:
+    """The engine `settings.engine` (engine.serve) names, serving `settings.model` as `settings.model_name`."""
+    spec = settings.engine
+    if spec.backend == "vllm":
+        from firellava.engines.vllm_engine import AsyncVLLMEngine
 
-        return VLLMServeEngine(model, model_name, **options)
-    raise ValueError(f"unknown serve backend {backend!r}")
+        return AsyncVLLMEngine(settings.model, settings.model_name, **spec.options)
+    return TransformersServeEngine(
+        build_engine(spec, settings.model, settings.model_name),
+        batch_wait_s=settings.limits.batch_wait_s,
+        max_batch_wait_s=settings.limits.max_batch_wait_s,
+    )

@@ -1,6 +1,7 @@
 """Run the server in a child process and wait until it answers: used by the demo stage, the tests and the
-benchmark. `python -m firellava.serve.process SETTINGS.json PARENT_PID` is the child's entry; it exits by itself when its
-parent dies, so no server outlives the process that started it."""
+benchmark. `python -m firellava.serve.process SETTINGS.json PARENT_PID` is the child's entry (the settings as a
+config node, `firellava.config.to_node`); it exits by itself when its parent dies, so no server outlives the
+process that started it."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
 import httpx
 
+from firellava.config import build, to_node
 from firellava.core.net import free_port
 from firellava.serve.settings import ServerSettings
 
@@ -31,7 +34,7 @@ class ServerProcess:
         self, settings: ServerSettings, *, log_path: str | Path | None = None, start_timeout_s: float = 120.0
     ):
         if settings.port == 0:
-            settings = ServerSettings.from_dict({**settings.to_dict(), "port": free_port(settings.host)})
+            settings = replace(settings, port=free_port(settings.host))
         self.settings = settings
         self.start_timeout_s = start_timeout_s
         self._tmp = tempfile.TemporaryDirectory(prefix="serve-")
@@ -45,7 +48,7 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         settings_file = Path(self._tmp.name) / "settings.json"
-        settings_file.write_text(json.dumps(self.settings.to_dict()))
+        settings_file.write_text(json.dumps(to_node(self.settings)))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -108,7 +111,7 @@ def _exit_with_parent(parent: int) -> None:
 def main(argv: list[str]) -> None:
     from firellava.serve.app import run_server
 
-    settings = ServerSettings.from_dict(json.loads(Path(argv[0]).read_text()))
+    settings: ServerSettings = build(json.loads(Path(argv[0]).read_text()))
     threading.Thread(target=_exit_with_parent, args=(int(argv[1]),), daemon=True).start()
     run_server(settings)
 

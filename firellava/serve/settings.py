@@ -1,13 +1,20 @@
-"""Typed server settings, built from the `serve` config group by the entry points (never a DictConfig below)."""
+"""Typed server settings: the `serve` config group, built by the entry points (never a DictConfig below). A server
+started in a child process gets them as a config node (`firellava.config.to_node`) and builds them again."""
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from firellava.engines.base import EngineSpec
+
+if TYPE_CHECKING:  # the stage imports these settings
+    from firellava.serve.stage import DemoRequest
 
 IMAGE_POLICIES = ("last", "first", "all", "reject")
-BACKENDS = ("transformers", "vllm")
+BACKENDS = ("transformers", "vllm")  # the engines the server runs (firellava.serve.engines)
 
 
 @dataclass(frozen=True)
@@ -19,8 +26,8 @@ class FetchPolicy:
     max_redirects: int = 3
     # Image URLs resolving to loopback/private/link-local/multicast/reserved addresses are refused unless they
     # fall in one of these networks (CIDR).
-    allow_networks: tuple[str, ...] = ()
-    formats: tuple[str, ...] = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "PPM", "WEBP")
+    allow_networks: Sequence[str] = ()
+    formats: Sequence[str] = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "PPM", "WEBP")
     max_image_pixels: int = 50_000_000  # decompression-bomb guard, checked before pixels are decoded
     user_agent: str = "firellava-serve/0.1 (+https://github.com/firellava)"
 
@@ -58,35 +65,16 @@ class Limits:
 @dataclass(frozen=True)
 class ServerSettings:
     model: str  # checkpoint directory (or hub id for vLLM)
-    model_name: str | None = None  # the id clients send; default: the checkpoint directory's name
-    backend: str = "transformers"
+    model_name: str  # the id clients send as `model` (the config's default: the checkpoint directory's name)
+    engine: EngineSpec = field(default_factory=lambda: EngineSpec("transformers"))  # engine.serve
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
-    engine: dict[str, Any] = field(default_factory=dict)  # backend options (device, dtype, batch_size, ...)
     fetch: FetchPolicy = field(default_factory=FetchPolicy)
     limits: Limits = field(default_factory=Limits)
     log_level: str = "info"
+    demo: DemoRequest | None = None  # the `serve` stage's request; the server itself ignores it
 
     def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"serve.backend={self.backend!r}; known: {BACKENDS}")
-
-    @property
-    def served_name(self) -> str:
-        return self.model_name or self.model.rstrip("/").rsplit("/", 1)[-1]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ServerSettings:
-        d = dict(d)
-        fetch = dict(d.pop("fetch", None) or {})
-        for key in ("allow_networks", "formats"):
-            if key in fetch:
-                fetch[key] = tuple(fetch[key] or ())
-        limits = d.pop("limits", None) or {}
-        return cls(
-            fetch=FetchPolicy(**fetch), limits=Limits(**limits), engine=dict(d.pop("engine", None) or {}), **d
-        )
+        if self.engine.backend not in BACKENDS:
+            raise ValueError(f"engine.serve.backend={self.engine.backend!r}; the server runs {BACKENDS}")

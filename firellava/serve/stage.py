@@ -6,15 +6,15 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 from PIL import Image
 
+from firellava.config import build
 from firellava.core.io import write_json
-from firellava.serve.config import settings_from_cfg
 from firellava.serve.process import ServerProcess
 from firellava.serve.settings import ServerSettings
 
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DemoRequest:
+    """`serve.demo`: the one request the stage sends."""
+
     image: str  # an image file, sent inline as a data URI
     question: str = "What shapes are in this image?"
     max_tokens: int = 32
@@ -60,7 +62,7 @@ def serve_once(settings: ServerSettings, request: DemoRequest, out_dir: Path) ->
         ]
         start = time.perf_counter()
         reply = client.chat.completions.create(
-            model=settings.served_name, messages=messages, max_tokens=request.max_tokens, temperature=0.0
+            model=settings.model_name, messages=messages, max_tokens=request.max_tokens, temperature=0.0
         )
         latency = time.perf_counter() - start
     answer = reply.choices[0].message.content
@@ -68,7 +70,7 @@ def serve_once(settings: ServerSettings, request: DemoRequest, out_dir: Path) ->
     entry = {
         "dir": str(out_dir),
         "model": settings.model,
-        "served_name": settings.served_name,
+        "served_name": settings.model_name,
         "question": request.question,
         "answer": answer,
         "finish_reason": reply.choices[0].finish_reason,
@@ -80,11 +82,11 @@ def serve_once(settings: ServerSettings, request: DemoRequest, out_dir: Path) ->
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    request = DemoRequest(**cfg.serve.get("demo", {}))
+    settings: ServerSettings = build(cfg.serve)
     # Port 0: a free port, so the demo never collides with a server already running on serve.port.
-    settings = settings_from_cfg(cfg.serve, port=0)
+    settings = replace(settings, port=0)
     if not Path(settings.model).exists():
         raise FileNotFoundError(
             f"serve.model={settings.model}: no checkpoint there (the finetune stage writes it)"
         )
-    return serve_once(settings, request, Path(cfg.paths.serve_dir))
+    return serve_once(settings, settings.demo, Path(build(cfg.paths).serve_dir))

@@ -18,7 +18,7 @@ from typing import Any
 
 from firellava.core.chat_format import IMAGE_TOKEN
 from firellava.core.instructions import SHORT_ANSWER
-from firellava.engines import build_engine
+from firellava.engines import EngineSpec, build_engine
 from firellava.engines.base import Prompt, SamplingParams
 from firellava.toy import language as lang
 from firellava.toy.scenes import COLOURS, SHAPES, draw_scene, sample_scene
@@ -76,7 +76,7 @@ def _prompt(question: str, image: Any) -> Prompt:
 def heldout_accuracy(model_dir: str | Path, n: int = 60, seed: int = 12345) -> dict[str, Any]:
     """Accuracy per question kind, and `named_object`: on two-kind scenes, how often the model gave the colour
     questions about the two kinds the same answer (`same_answer`) and how often it was right (`accuracy`)."""
-    engine = build_engine("transformers", model=str(model_dir), batch_size=16)
+    engine = build_engine(EngineSpec("transformers", {"batch_size": 16}), str(model_dir))
     items = heldout_questions(n, seed)
     pairs = named_object_questions(n, seed)
     prompts = [_prompt(q, image) for _, q, _, image in items]

@@ -1,13 +1,15 @@
 """The pipeline stages `pretrain` and `finetune`: start the `deepspeed` launcher on `train.worker`.
 
-The composed config is saved (resolved) next to the stage's outputs and handed to every worker process with
-Hydra's `--config-path/--config-name`, so the workers see exactly the config this process saw. Devices, nodes
-and the hostfile come from `train.num_gpus`, `train.num_nodes`, `train.hostfile`; without CUDA the launcher
-runs `train.num_gpus` CPU processes.
+The stage's job (its StageSpec, the model, its DeepSpeed config) is written as a config node
+(`firellava.config.to_node`) next to the stage's outputs; every worker process builds it again, so the workers run
+exactly what this process built. Devices, nodes and the hostfile come from `train.num_gpus`, `train.num_nodes`,
+`train.hostfile`; without CUDA the launcher runs `train.num_gpus` CPU processes. The stage's summary entry is the
+worker's whole result (`train_result.json`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -17,75 +19,60 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from firellava.config import build, to_node
 from firellava.core.io import atomic_path, read_json
+from firellava.core.model_builder import ModelSpec
 from firellava.core.net import free_port
-from firellava.train.config import stage_spec
 from firellava.train.export import RESULT_FILE
+from firellava.train.spec import DeepSpeedSpec, TrainSpec, WorkerJob
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
-SUMMARY_KEYS = (
-    "dir",
-    "steps",
-    "final_loss",
-    "samples_per_s",
-    "first_loss",
-    "train_seconds",
-    "batch",
-    "data",
-    "resumed_from",
-    "start_step",
-)
 
 
-def launcher_command(cfg: DictConfig, config_dir: Path, port: int) -> list[str]:
+def launcher_command(train: TrainSpec, job_file: Path, port: int) -> list[str]:
     deepspeed = Path(sys.executable).with_name("deepspeed")
     cmd = [str(deepspeed) if deepspeed.exists() else "deepspeed"]
-    if cfg.train.hostfile:
-        cmd += ["--hostfile", str(cfg.train.hostfile)]
+    if train.hostfile:
+        cmd += ["--hostfile", str(train.hostfile)]
     cmd += [
         "--num_nodes",
-        str(cfg.train.num_nodes),
+        str(train.num_nodes),
         "--num_gpus",
-        str(cfg.train.num_gpus),
+        str(train.num_gpus),
         "--master_port",
         str(port),
         "--module",
         "firellava.train.worker",
-        f"--config-path={config_dir}",
-        "--config-name=config",
-        # The stage directory holds the logs that matter; Hydra writes nothing of its own per worker.
-        "hydra.run.dir=.",
-        "hydra.output_subdir=null",
-        "hydra/job_logging=stdout",
+        str(job_file),
     ]
     return cmd
 
 
-def launch(cfg: DictConfig, stage: str) -> dict[str, Any]:
-    spec = stage_spec(cfg, stage)  # a bad config fails here, before any process starts
+def launch(train: TrainSpec, model: ModelSpec, deepspeed: DeepSpeedSpec, stage: str) -> dict[str, Any]:
+    spec = train.stage(stage)
+    ds_config = deepspeed.config(spec.zero_stage)  # a bad config fails here, before any process starts
     out = Path(spec.output_dir).resolve()
     if (out / RESULT_FILE).exists():
-        if not cfg.train.overwrite:
+        if not train.overwrite:
             raise FileExistsError(
                 f"{out} holds a finished {stage} run ({RESULT_FILE}); pass train.overwrite=true to redo it"
             )
         shutil.rmtree(out)
-    config_dir = out / ".launch"
-    config_dir.mkdir(parents=True, exist_ok=True)
-    worker_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    OmegaConf.update(worker_cfg, "train.stage", stage)
-    OmegaConf.update(worker_cfg, "train.overwrite", False)  # the directory was cleared above
-    with atomic_path(config_dir / "config.yaml") as tmp:
-        OmegaConf.save(worker_cfg, tmp)
-    port = int(cfg.train.master_port) if cfg.train.master_port else free_port()
-    cmd = launcher_command(cfg, config_dir, port)
+    job_dir = out / ".launch"
+    job_dir.mkdir(parents=True, exist_ok=True)
+    # overwrite=False for the workers: the directory was cleared above
+    job = WorkerJob(stage=stage, spec=spec, model=model, deepspeed=ds_config, overwrite=False)
+    with atomic_path(job_dir / "job.json") as tmp:
+        tmp.write_text(json.dumps(to_node(job), indent=1), encoding="utf-8")
+    port = train.master_port or free_port()
+    cmd = launcher_command(train, job_dir / "job.json", port)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if not torch.cuda.is_available():
-        procs = max(1, int(cfg.train.num_gpus))
+        procs = max(1, train.num_gpus)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs)))
     log.info("%s: %s", stage, " ".join(cmd))
     rc = subprocess.run(cmd, env=env, cwd=os.getcwd(), check=False).returncode
@@ -93,13 +80,12 @@ def launch(cfg: DictConfig, stage: str) -> dict[str, Any]:
         raise RuntimeError(
             f"{stage}: the deepspeed launcher exited with status {rc}; see the worker log above"
         )
-    result = read_json(out / RESULT_FILE)
-    return {k: result[k] for k in SUMMARY_KEYS if k in result}
+    return read_json(out / RESULT_FILE)
 
 
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
-    return launch(cfg, "pretrain")
+    return launch(build(cfg.train), build(cfg.model), build(cfg.deepspeed), "pretrain")
 
 
 def run_finetune(cfg: DictConfig) -> dict[str, Any]:
-    return launch(cfg, "finetune")
+    return launch(build(cfg.train), build(cfg.model), build(cfg.deepspeed), "finetune")

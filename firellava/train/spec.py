@@ -1,8 +1,12 @@
-"""Typed arguments of a training stage, and the batch arithmetic derived from them."""
+"""Typed arguments of the training stages (the `train` and `deepspeed` config groups, and the job the launcher
+hands its workers), and the batch arithmetic derived from them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from firellava.core.model_builder import ModelSpec
 
 STAGE_NAMES = ("pretrain", "finetune")
 PARAM_GROUPS = ("vision_tower", "projector", "llm")
@@ -49,6 +53,52 @@ class StageSpec:
             raise ValueError(f"zero_stage={self.zero_stage}; DeepSpeed ZeRO stages are 0-3")
         if self.image_aspect_ratio not in ("pad", "square"):
             raise ValueError(f"image_aspect_ratio={self.image_aspect_ratio!r}; supported: pad, square")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """The `train` config group: where the processes run, and one StageSpec per stage."""
+
+    pretrain: StageSpec
+    finetune: StageSpec
+    num_gpus: int = 8  # processes per node (on a machine without CUDA: CPU processes)
+    num_nodes: int = 1
+    hostfile: str | None = None
+    master_port: int | None = None  # None: a free port
+    overwrite: bool = False  # a finished stage directory is refused unless true; an unfinished one resumes
+
+    def stage(self, name: str) -> StageSpec:
+        if name not in STAGE_NAMES:
+            raise ValueError(f"train stage {name!r}; choose one of {list(STAGE_NAMES)}")
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class DeepSpeedSpec:
+    """The `deepspeed` config group: one DeepSpeed config per ZeRO stage a training stage may ask for."""
+
+    zero0: dict[str, Any] | None = None
+    zero1: dict[str, Any] | None = None
+    zero2: dict[str, Any] | None = None
+    zero3: dict[str, Any] | None = None
+
+    def config(self, zero_stage: int) -> dict[str, Any]:
+        found = getattr(self, f"zero{zero_stage}", None)
+        if found is None:
+            have = [f"zero{n}" for n in range(4) if getattr(self, f"zero{n}") is not None]
+            raise KeyError(f"deepspeed.zero{zero_stage} is not configured (conf/deepspeed/); have {have}")
+        return found
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """What every training process runs: the launcher writes it as a config node, each worker builds it."""
+
+    stage: str
+    spec: StageSpec
+    model: ModelSpec
+    deepspeed: dict[str, Any]
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,21 @@
-"""The per-process training entry the `deepspeed` launcher starts: `python -m train.worker [hydra overrides]`.
+"""The per-process training entry the `deepspeed` launcher starts: `python -m firellava.train.worker JOB.json`.
 
-    deepspeed --num_gpus 8 --module train.worker experiment=firellava_13b train.stage=finetune
+    deepspeed --num_gpus 8 --module firellava.train.worker outputs/firellava_13b/finetune/.launch/job.json
 
-The launcher appends `--local_rank=N`; it is consumed here (into LOCAL_RANK) so that Hydra sees only overrides.
+JOB.json is the stage's `WorkerJob` as a config node, written by `train.launch` (make pretrain / make finetune).
+The launcher appends `--local_rank=N`; it is consumed here (into LOCAL_RANK).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
-
-from firellava.config import CONF_DIR
-from firellava.train.config import deepspeed_config, model_spec, stage_spec
+from firellava.config import build
+from firellava.train.spec import WorkerJob
 from firellava.train.stage import train_stage
 
 
@@ -35,21 +35,20 @@ def consume_local_rank(argv: list[str]) -> list[str]:
     return out
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        raise SystemExit(
+            "usage: python -m firellava.train.worker JOB.json (written by firellava.train.launch)"
+        )
     rank = int(os.environ.get("RANK", "0"))
-    logging.getLogger().setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    stage = cfg.train.stage
-    spec = stage_spec(cfg, stage)
-    train_stage(
-        stage,
-        spec,
-        model_spec(cfg),
-        deepspeed_config(cfg, spec.zero_stage),
-        overwrite=bool(cfg.train.overwrite),
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s",
+        stream=sys.stdout,
     )
+    job: WorkerJob = build(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
+    train_stage(job.stage, job.spec, job.model, job.deepspeed, overwrite=job.overwrite)
 
 
 if __name__ == "__main__":
-    sys.argv = consume_local_rank(sys.argv)
-    main()
+    main(consume_local_rank(sys.argv)[1:])
