@@ -15,7 +15,7 @@ from firellava.paths import Paths
 from firellava.stages import STAGES, resolve
 from firellava.summary import record_stage
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger("firellava")
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

@@ -66,7 +66,8 @@ def vqa_pairs(record: dict) -> list[tuple[int, str]]:
 
 
 def classify(record: dict, vqav2: set, okvqa: set) -> str:
-    """Reference §2.4, written independently of the generator: image prefix first, then the text."""
+    """How LLaVA-1.5's mix tells its sources apart (image folder first, then the text), written independently of
+    the generator and of conf/mix/sources/."""
     if "image" not in record:
         return "sharegpt"
     image = record["image"]

@@ -1,3 +1,4 @@
-"""Data: the datagen stage (`data_gen.stage`: COCO contexts -> prompts -> teacher -> parsed LLaVA records) and
-the mix stage (`data_gen.mix`: the permissive part of LLaVA-1.5's 665K mix + the generated records, with a
-provenance manifest)."""
+"""The datagen stage (`firellava.datagen.stage`): COCO captions and boxes (`contexts`) -> prompts (`prompts`) -> the
+teacher on an engine, chunk by chunk (`generate`) -> LLaVA records or rejects (`parse`) -> the stage's files and
+data card (`outputs`). The mix that joins these records to LLaVA-1.5's permissive ones is its own stage,
+`firellava.mix`."""

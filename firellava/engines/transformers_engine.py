@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Generator, Sequence
 
@@ -18,8 +17,6 @@ from transformers import (
 )
 
 from firellava.engines.base import Generation, Prompt, SamplingParams
-
-log = logging.getLogger(__name__)
 
 
 class TransformersEngine:

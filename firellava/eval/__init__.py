@@ -1,2 +1,3 @@
-"""Evaluation: the LLaVA-1.5 benchmark suite (`eval.benchmarks`), answers through the engine interface
-(`eval.answers`), judge-scored benchmarks (`eval.judge`) and the report (`eval.report`); stage entry `eval.stage`."""
+"""Evaluation: the LLaVA-1.5 benchmark suite (`firellava.eval.benchmarks`), answers through the engine interface
+(`firellava.eval.answers`), judge-scored benchmarks (`firellava.eval.judge`) and the report
+(`firellava.eval.report`); stage entry `firellava.eval.stage`."""

@@ -1,10 +1,10 @@
 """Reading the mix's inputs record by record, hashing them as they are read.
 
 The real `llava_v1_5_mix665k.json` is about 1 GB of text with non-ASCII ShareGPT chats: read whole into one
-Python str it can take up to 4 bytes a character before a single record is parsed. `iter_json_list` instead
+Python str it can take up to 4 bytes a character before a single record is parsed. `JsonListReader` instead
 decodes it in chunks and hands out one record at a time, so the non-commercial records can be dropped as they
 pass and memory holds only what the mix keeps. Errors name the file and the line/column, like
-`pipeline.io.read_json`.
+`firellava.core.io.read_json`.
 """
 
 from __future__ import annotations

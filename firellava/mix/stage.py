@@ -97,8 +97,8 @@ class MixInputs:
 
 
 class _Item(NamedTuple):
-    """A candidate record kept as its JSON text: a few hundred MB for the 467K permissive records, where the
-    parsed objects would take several times that. `where` locates it in its input file."""
+    """A candidate record kept as its JSON text, a fraction of what the parsed objects would take in memory
+    (`perf/mix_scale.py` prints the stage's peak). `where` locates it in its input file."""
 
     where: str
     id: Any

@@ -4,7 +4,6 @@ with an image through the official `openai` client, print the answer, stop the s
 from __future__ import annotations
 
 import base64
-import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,8 +16,6 @@ from firellava.config import build
 from firellava.core.io import write_json
 from firellava.serve.process import ServerProcess
 from firellava.serve.settings import ServerSettings
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

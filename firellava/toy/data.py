@@ -173,7 +173,7 @@ def _build_coco(data: Path, seed: int, n: int) -> list[Scene]:
         "description": "FireLLaVA toy world (generated shapes)",
         "version": "1.0",
         "year": 2024,
-        "contributor": "pipeline.toy_world",
+        "contributor": "firellava.toy",
         "date_created": "2024-01-01",
     }
     categories = [{"id": i + 1, "name": kind, "supercategory": "shape"} for i, kind in enumerate(SHAPES)]

@@ -1,8 +1,8 @@
 """Text about toy scenes: captions, short-answer questions, region prompts, free-form conversations.
 
 Everything here is derived from a `Scene`, so it is true by construction: a model that learns the text learns
-the world (colours, shapes, counts, positions, words). The question generators are public because the
-evaluation stage reuses them to make held-out benchmark questions on fresh scenes. A generator returns None
+the world (colours, shapes, counts, positions, words). The question generators are public because
+`firellava.toy.benchmarks` and `firellava.toy.heldout` reuse them to ask questions about fresh scenes. A generator returns None
 when a scene cannot support an unambiguous question of its kind (e.g. "the circle" when there are two
 circles); callers try another.
 """
@@ -138,7 +138,8 @@ def the_kind(scene: Scene, shape: Shape) -> str | None:
 def square_box(scene: Scene, box: Box) -> tuple[float, float, float, float]:
     """[x1, y1, x2, y2] normalized to the image padded to a square (LLaVA's expand2square), 2 decimals.
 
-    Reference §2.4: mix665k's grounding boxes are relative to the padded square, not the raw image.
+    LLaVA issue #606: mix665k's grounding boxes are relative to the padded square, not the raw image (a community
+    finding, not documented officially).
     """
     side = max(scene.width, scene.height)
     ox, oy = (side - scene.width) // 2, (side - scene.height) // 2

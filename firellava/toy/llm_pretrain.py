@@ -2,8 +2,8 @@
 
 LLaVA starts from Vicuna, which already reads: it continues a text with a summary of it, and it answers a question
 about something named earlier in its context. A randomly initialised LLM has neither skill, and LLaVA's two stages
-do not teach it within a CPU budget: a toy model finetuned from a random LLM answered "is there a <colour>
-<shape>?" at chance and gave the same colour whichever shape a question named (README, eval). So the toy world
+do not teach it within a CPU budget: a toy model finetuned from a random LLM did not learn to match a question's
+words against the image (docs/experiments.md). So the toy world
 gives its LLM what Vicuna has, from text alone, in the two templates LLaVA trains with:
 
 - `plain`, as in projector pretraining: a scene, then a brief caption of it (supervised);
@@ -14,14 +14,12 @@ The scene stands where the image goes, written the way image tokens arrive: one 
 tower's grid, in the same row-major order. A patch that holds a shape's centre is one position whose embedding
 is the sum of the shape's colour word and kind word ("red" + "circle"); every other patch is `<unk>`, a token no
 text produces. The vision tower's per-patch heads read exactly that off a patch, linearly (`vision_pretrain`), so
-projector alignment has a short way to go. Measured with the same finetuning on the demo's world: held-out
-existence 0.72 when the scene was written as words (" red circle blue square"), 0.92 with this layout.
+projector alignment has a short way to go. After the same finetuning, this layout beat writing the scene as words
+(" red circle blue square") on held-out existence (docs/experiments.md).
 
-Binding an answer to the object a question names came with 8 heads (`toy_world.llm_heads`) and more colour and
-shape questions: "what shape is red?" is answered from the red shape (text probe 1.0 from step 600 in the demo's
-world, 0.73-0.82 before). The other direction, "what color is the circle?", is not learned yet: 0.73 at step
-1600, about what naming any colour in the scene gets (with 4 heads at step 800: 1.0 with one shape, 0.55 with
-two, 0.42 with three).
+Binding an answer to the object a question names came with 8 heads (`toy_world.llm.heads`) and more colour and
+shape questions: "what shape is red?" is answered from the red shape. The other direction, "what color is the
+circle?", is not learned yet: the answer is one of the scene's colours, whichever (docs/experiments.md).
 
 No image is involved, so reading images is still learned by the pipeline's own stages.
 """
@@ -50,10 +48,9 @@ log = logging.getLogger(__name__)
 SCENE_ID_BASE = 700_000_000
 HELD_OUT = 100  # questions per probed kind
 HELD_OUT_ID_OFFSET = 50_000_000  # past any training example's id
-# Weighted towards the questions that need the named object matched against the scene. With existence 2 in 7,
-# held-out existence was still at chance (0.44) after 800 steps on one seed; with 4 in 9 it reached 0.76 at 600.
-# With colour 4 and shape 3 in 13 (and 8 heads), shape read by colour reached 1.0 at 400 steps, which it never did
-# with colour 2 and shape 1 in 9 (0.73-0.82 up to 800 steps).
+# Weighted towards the questions that need the named object matched against the scene: with fewer existence,
+# colour and shape questions, existence stayed at chance and shape was not bound to the colour named
+# (docs/experiments.md).
 QUESTIONS: tuple[lang.QAGenerator, ...] = (
     *(lang.exists_qa,) * 4,
     *(lang.colour_qa,) * 4,
@@ -105,7 +102,7 @@ def word_id(tokenizer: PreTrainedTokenizerFast, word: str) -> int:
 @functools.lru_cache(maxsize=4)
 def _scene_word_ids(tokenizer: PreTrainedTokenizerFast) -> tuple[list[int], list[int]]:
     """Ids of every colour and every kind, in `COLOURS` and `SHAPES` order; looked up once per tokenizer, not
-    once per example (a third of building the examples went to it)."""
+    once per example (each lookup tokenizes the word)."""
     return [word_id(tokenizer, c) for c in COLOURS], [word_id(tokenizer, k) for k in SHAPES]
 
 

@@ -1,4 +1,5 @@
-"""The pipeline stages `pretrain` and `finetune`: start the `deepspeed` launcher on `train.worker`.
+"""The pipeline stages `pretrain` and `finetune`: start the `deepspeed` launcher on
+`firellava.train.worker`.
 
 The stage's job (its StageSpec, the model, its DeepSpeed config) is written as a config node
 (`firellava.config.to_node`) next to the stage's outputs; every worker process builds it again, so the workers run

@@ -2,8 +2,8 @@
 
     deepspeed --num_gpus 8 --module firellava.train.worker outputs/firellava_13b/finetune/.launch/job.json
 
-JOB.json is the stage's `WorkerJob` as a config node, written by `train.launch` (make pretrain / make finetune).
-The launcher appends `--local_rank=N`; it is consumed here (into LOCAL_RANK).
+JOB.json is the stage's `WorkerJob` as a config node, written by `firellava.train.launch` (make pretrain /
+make finetune). The launcher appends `--local_rank=N`; it is consumed here (into LOCAL_RANK).
 """
 
 from __future__ import annotations
