@@ -212,8 +212,10 @@ class MMBenchCN(MMBench):
 
 
 def scienceqa_choice(text: str) -> str:
-    """LLaVA `eval_science_qa.py`: a bare letter, "X. ...", or exactly one "The answer is X."; else FAILED."""
-    if text in LETTERS:
+    """LLaVA `eval_science_qa.py`: the whole answer is one of its option letters A-E, or it starts "X. ", or it
+    holds exactly one "The answer is X."; else FAILED. The membership test is on the letters, not a substring
+    of "ABCDE", so "AB", "BC" and "" are failed parses."""
+    if text in tuple(LETTERS):
         return text
     if len(text) >= 3 and text[0] in LETTERS and text[1:3] == ". ":
         return text[0]

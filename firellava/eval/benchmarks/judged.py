@@ -93,10 +93,12 @@ class LLaVABench(Benchmark):
         ]
         reviews = judge.review(LLAVA_BENCH_SYSTEM, contents)
         pairs: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        with_placeholders: list[tuple[float, float]] = []
         per_sample, failures = {}, 0
         for q, review in zip(questions, reviews):
             pair = parse_score_pair(review)
             per_sample[q.qid] = {"review": review, "scores": pair}
+            with_placeholders.append(pair or (-1.0, -1.0))
             if pair is None:
                 failures += 1
                 continue
@@ -112,6 +114,9 @@ class LLaVABench(Benchmark):
             "per_category": {k: relative(v) for k, v in sorted(pairs.items()) if k != "all"},
             "judge": judge.model_name,
             "judge_parse_failures": failures,
+            # `summarize_gpt_review.py` averages the [-1, -1] of every failed parse in; equal to "score" when
+            # every review parsed
+            "score_llava_script": relative(with_placeholders),
             "reviews": per_sample,
         }
 

@@ -53,9 +53,11 @@ def _per_type(questions: Sequence[Question], accs: Sequence[float], key: str) ->
 class VQAv2(Benchmark):
     """VQAv2. LLaVA-1.5 reports test-dev, scored by the EvalAI server: the `test-dev` split writes LLaVA's
     `convert_vqav2_for_submission.py` file (EvalAI-normalized answers, "" for unanswered test2015 questions).
-    The `val` split is scored here with the official `vqaEval.py` after the same EvalAI normalization of the
-    prediction that the submission applies (lmms-eval's `vqav2_val` processes the human answers too; the
-    official evaluator does not, and that is what the server runs)."""
+    The `val` split is scored here with the current official `vqaEval.py` (the 2021 version the server runs:
+    both sides processed when the human answers differ, both raw when all ten agree) after the same EvalAI
+    normalization of the prediction that the submission applies. lmms-eval's `vqav2_val` runs its EvalAI
+    processor on the human answers in every case, so it also matches a normalized prediction against ten
+    identical unnormalized answers, where the official code does not."""
 
     name, title, metric, published = "vqav2", "VQAv2", "VQA accuracy", 80.0
     dirname = "vqav2"
