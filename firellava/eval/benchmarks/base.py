@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -83,6 +83,14 @@ class Benchmark:
     ) -> Path | None:
         """The file the benchmark's server takes; None where the benchmark is scored here."""
         return None
+
+    def record_key(self, record: Mapping[str, Any], where: str) -> Hashable:
+        """What names the question an answer record (LLaVA's answer jsonl line) answers; `match_key` gives the
+        same value for that question. Records and questions with equal keys pair in file order."""
+        return str(field_of(record, "question_id", where))
+
+    def match_key(self, question: Question) -> Hashable:
+        return question.qid
 
     def file(self, *parts: str) -> Path:
         path = self.root.joinpath(*parts)

@@ -9,7 +9,7 @@ in its [-1, -1] placeholder), so the failure count is part of the result.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,11 @@ class MMVet(Benchmark):
             image = self.root / "images" / field_of(rec, "imagename", where)
             out.append(Question(qid, field_of(rec, "question", where), image, meta))
         return out
+
+    def record_key(self, record: Mapping[str, Any], where: str) -> Hashable:
+        """LLaVA's MM-Vet answers number the questions 0..N; `convert_mmvet_for_eval.py` names them v1_<n>."""
+        qid = str(field_of(record, "question_id", where))
+        return qid if qid.startswith("v1_") else f"v1_{qid}"
 
     def score(self, questions, answers: Mapping[str, str], judge: Judge | None = None) -> dict[str, Any]:
         require_answers(self.name, questions, answers)
