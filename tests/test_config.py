@@ -117,9 +117,7 @@ def test_defaults_by_interpolation():
     serve = build(config("firellava_13b", "serve.model=/ckpt/firellava-13b").serve)
     assert serve.model_name == "firellava-13b"
     assert build(config("demo", "eval.judge.model=/m/judge").eval).judge == JudgeSpec("/m/judge", "/m/judge")
-    assert (
-        build(config("demo").eval).data_root == "outputs/demo/toy_world/data/eval"
-    )  # the toy world wrote it
+    assert build(config("demo").eval).data_root == "outputs/demo/toy_world/data/eval"  # the toy world wrote it
 
 
 def test_each_consumer_has_its_own_engine():
