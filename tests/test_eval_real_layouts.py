@@ -270,6 +270,10 @@ def test_stage_scores_llava_answer_files_without_a_model(tmp_path):
     evaluate(limited, engine, engine, tmp_path / "out2")
     result = json.loads((tmp_path / "out2" / "results.json").read_text())["benchmarks"]["pope"]
     assert result["answers_unmatched"] == 4 and result["splits"]["adversarial"]["f1"] == 50.0
+    # eval.answers_from=llava: where LLaVA's scripts (and its eval.zip) leave eval.model_name's answers
+    evaluate(EvalSpec(**{**spec.__dict__, "answers_from": "llava"}), engine, engine, tmp_path / "out4")
+    result = json.loads((tmp_path / "out4" / "results.json").read_text())["benchmarks"]["pope"]
+    assert result["answers_file"] == str(answers) and result["score"] == pytest.approx(summary["pope"])
     with pytest.raises(ValueError, match="names no answer file for 'pope'"):
         evaluate(EvalSpec(**{**spec.__dict__, "answers_from": {}}), engine, engine, tmp_path / "out3")
     with pytest.raises(ValueError, match="eval.blind asks the model"):

@@ -27,6 +27,7 @@ from firellava.eval.judge import Judge, LazyEngine
 from firellava.eval.report import log_wandb, write_report
 
 log = logging.getLogger(__name__)
+LLAVA_LAYOUT = "llava"  # eval.answers_from: the answer files where LLaVA's own eval scripts write them
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,21 @@ class EvalSpec:
         if self.answers_from is not None and self.blind:
             raise ValueError("eval.blind asks the model, so it cannot be combined with eval.answers_from")
 
-    def answer_file(self, bench: str) -> Path:
-        """Where eval.answers_from keeps `bench`'s answers."""
+    def answer_file(self, bench: Benchmark) -> Path:
+        """Where eval.answers_from keeps `bench`'s answers: `llava` is where LLaVA's scripts (and its eval.zip)
+        leave them under eval.data_root for model eval.model_name; another string is a folder of
+        <benchmark>.jsonl; a mapping names each file."""
+        if self.answers_from == LLAVA_LAYOUT:
+            if bench.split not in bench.llava_answers:
+                raise ValueError(
+                    f"eval.answers_from=llava: LLaVA's scripts write no {bench.name} {bench.split} answers"
+                )
+            return Path(self.data_root) / bench.llava_answers[bench.split].format(model=self.model_name)
         if isinstance(self.answers_from, str):
-            return Path(self.answers_from) / f"{bench}.jsonl"
-        if bench not in (self.answers_from or {}):
-            raise ValueError(f"eval.answers_from names no answer file for {bench!r}")
-        return Path(self.answers_from[bench])
+            return Path(self.answers_from) / f"{bench.name}.jsonl"
+        if bench.name not in (self.answers_from or {}):
+            raise ValueError(f"eval.answers_from names no answer file for {bench.name!r}")
+        return Path(self.answers_from[bench.name])
 
     def tokens_for(self, bench: Benchmark) -> int:
         if isinstance(self.max_new_tokens, int):
@@ -130,7 +139,7 @@ def evaluate(spec: EvalSpec, engine: EngineSpec, judge_engine: EngineSpec, out_d
     generated = 0
     for b in benches:
         if external:
-            answers[b.name], unmatched[b.name] = read_answer_file(b, loaded[b.name], spec.answer_file(b.name))
+            answers[b.name], unmatched[b.name] = read_answer_file(b, loaded[b.name], spec.answer_file(b))
             continue
         params = replace(engine.sampling, max_tokens=spec.tokens_for(b))
         runs = [("", loaded[b.name], answers)]
@@ -188,7 +197,7 @@ def evaluate(spec: EvalSpec, engine: EngineSpec, judge_engine: EngineSpec, out_d
             "submission": str(submission) if submission else None,
         }
         if external:
-            results[b.name]["answers_file"] = str(spec.answer_file(b.name))
+            results[b.name]["answers_file"] = str(spec.answer_file(b))
             results[b.name]["answers_unmatched"] = unmatched[b.name]
         if b.name in blind_answers:
             blind_metrics = score(b, blind(questions), blind_answers[b.name])

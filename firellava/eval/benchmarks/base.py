@@ -56,6 +56,8 @@ class Benchmark:
     scale: ClassVar[float] = 100.0  # the headline score's maximum
     dirname: ClassVar[str]  # folder under the eval data root (LLaVA's playground/data/eval layout)
     splits: ClassVar[tuple[str, ...]]
+    # split -> where LLaVA's scripts leave a model's answers, under the eval data root (`{model}`: its name)
+    llava_answers: ClassVar[dict[str, str]] = {}
     server_splits: ClassVar[tuple[str, ...]] = ()  # splits whose ground truth only the server has
     max_new_tokens: ClassVar[int] = 128  # LLaVA: model_vqa_loader 128; model_vqa/_mmbench/_science 1024
     judged: ClassVar[bool] = False

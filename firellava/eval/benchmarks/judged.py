@@ -55,10 +55,13 @@ MMVET_PROMPT = (
 class LLaVABench(Benchmark):
     """LLaVA-Bench-in-the-Wild: 60 questions in three categories. The judge sees the captions, the question,
     the reference answer as Assistant 1 and ours as Assistant 2 (LLaVA's `eval_gpt_review_bench.py` layout);
-    the score is mean(ours) / mean(reference) * 100 (`summarize_gpt_review.py`), overall and per category."""
+    the score is mean(ours) / mean(reference) * 100 (`summarize_gpt_review.py`), overall and per category. The
+    score pair is read as `parse_score` reads it; a review it rejects is counted (`judge_parse_failures`) and
+    left out of `score`, while `score_llava_script` averages its [-1, -1] in as LLaVA's summary does."""
 
     name, title, metric, published = "llava_bench", "LLaVA-W", "relative score (judge)", 70.7
     dirname = "llava-bench-in-the-wild"
+    llava_answers = {"test": "llava-bench-in-the-wild/answers/{model}.jsonl"}
     splits = ("test",)
     max_new_tokens = 1024
     judged = True
@@ -129,6 +132,7 @@ class MMVet(Benchmark):
 
     name, title, metric, published = "mm_vet", "MM-Vet", "judge-graded score", 35.4
     dirname = "mm-vet"
+    llava_answers = {"test": "mm-vet/answers/{model}.jsonl"}
     splits = ("test",)
     max_new_tokens = 1024
     judged = True

@@ -62,6 +62,7 @@ class VQAv2(Benchmark):
 
     name, title, metric, published = "vqav2", "VQAv2", "VQA accuracy", 80.0
     dirname = "vqav2"
+    llava_answers = {"test-dev": "vqav2/answers/llava_vqav2_mscoco_test-dev2015/{model}/merge.jsonl"}
     splits = ("val", "test-dev")
     server_splits = ("test-dev",)
 
@@ -121,6 +122,7 @@ class VizWiz(Benchmark):
 
     name, title, metric, published = "vizwiz", "VizWiz", "VQA accuracy", 53.6
     dirname = "vizwiz"
+    llava_answers = {"test": "vizwiz/answers/{model}.jsonl"}
     splits = ("val", "test")
     server_splits = ("test",)
     suffix = f"\n{UNANSWERABLE}\n{SHORT_ANSWER}"
@@ -189,6 +191,7 @@ class TextVQA(Benchmark):
 
     name, title, metric, published = "textvqa", "TextVQA", "VQA accuracy", 61.3
     dirname = "textvqa"
+    llava_answers = {"val": "textvqa/answers/{model}.jsonl"}
     splits = ("val",)
 
     def load(self) -> list[Question]:
@@ -236,6 +239,7 @@ class GQA(Benchmark):
 
     name, title, metric, published = "gqa", "GQA", "accuracy", 63.3
     dirname = "gqa"
+    llava_answers = {"testdev_balanced": "gqa/answers/llava_gqa_testdev_balanced/{model}/merge.jsonl"}
     splits = ("testdev_balanced",)
 
     def load(self) -> list[Question]:

@@ -64,6 +64,7 @@ class POPE(Benchmark):
 
     name, title, metric, published = "pope", "POPE", "F1 (mean of 3 splits)", 85.9
     dirname = "pope"
+    llava_answers = {"test": "pope/answers/{model}.jsonl"}
     splits = ("test",)
 
     def load(self) -> list[Question]:
@@ -152,6 +153,7 @@ class MME(Benchmark):
     name, title, metric, published = "mme", "MME-P", "perception (acc + acc+)", 1531.3
     scale = 2000.0
     dirname = "MME/MME_Benchmark_release_version"
+    llava_answers = {"test": "MME/answers/{model}.jsonl"}
     splits = ("test",)
 
     def load(self) -> list[Question]:
