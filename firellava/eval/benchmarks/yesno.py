@@ -91,7 +91,7 @@ class POPE(Benchmark):
             if len(labels) != len(qs):
                 raise BenchmarkDataError(
                     f"{lpath}: {len(labels)} labels for {len(qs)} {split!r} questions in {qpath.name}; "
-                    "they are paired by position"
+                    "they are paired by position (LLaVA's file goes with POPE commit e3e39262's labels)"
                 )
             for q, (lineno, rec) in zip(qs, labels):
                 where = f"{lpath}:{lineno}"
