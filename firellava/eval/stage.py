@@ -137,21 +137,25 @@ def evaluate(spec: EvalSpec, engine: EngineSpec, judge_engine: EngineSpec, out_d
     unmatched: dict[str, int] = {}
     blind_answers: dict[str, dict[str, str]] = {}
     generated = 0
+    runs = []  # (benchmark, questions, answer subfolder, where its answers go); all caches are read first
     for b in benches:
         if external:
             answers[b.name], unmatched[b.name] = read_answer_file(b, loaded[b.name], spec.answer_file(b))
             continue
-        params = replace(engine.sampling, max_tokens=spec.tokens_for(b))
-        runs = [("", loaded[b.name], answers)]
+        runs.append((b, loaded[b.name], "", answers))
         if spec.blind:
-            runs.append(("blind/", blind(loaded[b.name]), blind_answers))
-        for sub, questions, into in runs:
-            cache = AnswerCache(out_dir / "answers" / model_name / sub / f"{b.name}.jsonl", model_id)
-            if spec.generate:
-                generated += generate_missing(
-                    model, b.name, questions, cache, batch_size=spec.batch_size, params=params
-                )
-            into[b.name] = cache.answers()
+            runs.append((b, blind(loaded[b.name]), "blind/", blind_answers))
+    caches = [
+        AnswerCache(out_dir / "answers" / model_name / sub / f"{b.name}.jsonl", model_id)
+        for b, _, sub, _ in runs
+    ]
+    for (b, questions, _, into), cache in zip(runs, caches):
+        if spec.generate:
+            params = replace(engine.sampling, max_tokens=spec.tokens_for(b))
+            generated += generate_missing(
+                model, b.name, questions, cache, batch_size=spec.batch_size, params=params
+            )
+        into[b.name] = cache.answers()
 
     judge = None
     js = spec.judge
