@@ -57,7 +57,8 @@ class LLaVABench(Benchmark):
     the reference answer as Assistant 1 and ours as Assistant 2 (LLaVA's `eval_gpt_review_bench.py` layout);
     the score is mean(ours) / mean(reference) * 100 (`summarize_gpt_review.py`), overall and per category. The
     score pair is read as `parse_score` reads it; a review it rejects is counted (`judge_parse_failures`) and
-    left out of `score`, while `score_llava_script` averages its [-1, -1] in as LLaVA's summary does."""
+    left out of `score`, while `score_llava_script` averages its [-1, -1] in as LLaVA's summary does.
+    lmms-eval's `llava_in_the_wild` parses the pair the same way."""
 
     name, title, metric, published = "llava_bench", "LLaVA-W", "relative score (judge)", 70.7
     dirname = "llava-bench-in-the-wild"
