@@ -47,8 +47,14 @@ def test_vqa_accuracy_leave_one_out():
     assert official_vqa_accuracy("2", gts) == pytest.approx((2 * (1 / 3) + 8 * (2 / 3)) / 10)
     assert official_vqa_accuracy("two", ["2"] * 7 + ["two"] * 3) == 1.0
     assert official_vqa_accuracy("4", gts) == 0.0
-    # vqaEval.py leaves identical human answers unprocessed: "two" never matches the prediction's "2"
-    assert official_vqa_accuracy("two", ["two"] * 10) == 0.0
+    # the current vqaEval.py normalizes differing human answers too ("two" -> "2"): every one matches.
+    # The 2016 version left them as written: (2 * 1/3 + 8 * 2/3) / 10 = 0.6
+    assert official_vqa_accuracy("2", ["two"] * 8 + ["2"] * 2) == 1.0
+    assert official_vqa_accuracy("A Dog.", ["dog", "the dog"] + ["dog."] * 8) == 1.0
+    # ten identical human answers: both sides raw, so "2" never matches "two" and "Dog" never matches "dog"
+    assert official_vqa_accuracy("2", ["two"] * 10) == 0.0
+    assert official_vqa_accuracy("two", ["two"] * 10) == 1.0
+    assert official_vqa_accuracy("Dog", ["dog"] * 10) == 0.0
     # the m4c evaluator (TextVQA, VizWiz val) processes both sides
     assert m4c_vqa_accuracy("two", ["two"] * 10) == 1.0
     assert m4c_vqa_accuracy("The Stop.", ["stop"] * 10) == 1.0
@@ -151,12 +157,18 @@ def test_scienceqa_and_seed(tmp_path):
     assert scienceqa_choice("B. blue") == "B"
     assert scienceqa_choice("The answer is C.") == "C"
     assert scienceqa_choice("I think D") == "FAILED"
+    # whole-answer membership in LLaVA's option list, not a substring of "ABCDE"
+    for text in ("AB", "BC", "", "ABCDE"):
+        assert scienceqa_choice(text) == "FAILED", text
+    assert scienceqa_choice("The answer is A. The answer is B.") == "FAILED"  # two verdicts
     questions = [
         q(1, answer="A", n_choices=3, has_image=True),
         q(2, answer="B", n_choices=3, has_image=False),
     ]
     out = get_benchmark("scienceqa_img", tmp_path).score(questions, {"1": "A", "2": "C"})
     assert (out["score"], out["accuracy"], out["img_questions"]) == (100.0, 50.0, 1)
+    out = get_benchmark("scienceqa_img", tmp_path).score(questions, {"1": "AB", "2": ""})
+    assert (out["score"], out["accuracy"], out["failed_parse"]) == (0.0, 0.0, 2)
     seed = [
         q(1, answer="A", data_type="image", question_type="t"),
         q(2, answer="B", data_type="image", question_type="t"),
@@ -166,7 +178,12 @@ def test_scienceqa_and_seed(tmp_path):
 
 def test_judge_parsing():
     assert parse_score_pair("8 7\nAssistant 1 is better.") == (8.0, 7.0)
-    assert parse_score_pair("8, 6.5") == (8.0, 6.5)
+    assert parse_score_pair("8,6.5") == (8.0, 6.5)
+    assert parse_score_pair("8 9 \nwhy") is None  # a trailing space is a third field
+    # LLaVA's parse_score splits on single spaces after turning commas into spaces: these give three fields
+    for review in ("8, 9", " 8 9", "8  9", "8\t9 7"):
+        assert parse_score_pair(review) is None, review
+    assert parse_score_pair("Both good.") is None  # two fields, not numbers
     assert parse_score_pair("Both are good.") is None
     assert parse_correctness("0.5") == 0.5
     assert parse_correctness("1.0 because it matches") == 1.0

@@ -136,3 +136,38 @@ def test_bad_inputs(first_run, checkpoint, data_root):
     # scoring cached answers only: a question nobody answered is a clear error
     with pytest.raises(MissingAnswerError, match="pope: no answer for 1 of 3"):
         run(out, checkpoint, data_root, benchmarks=["pope"], limit=3, generate=False)
+
+
+def test_toy_files_are_in_llava_layouts(data_root):
+    def rows(*parts):
+        return [json.loads(line) for line in data_root.joinpath(*parts).read_text().splitlines()]
+
+    first_ids: dict[str, int] = {}
+    for r in rows("pope", "llava_pope_test.jsonl"):
+        first_ids.setdefault(r["category"], r["question_id"])
+    assert first_ids == {"adversarial": 1, "random": 10_000_001, "popular": 20_000_001}
+    labels = rows("pope", "coco", "coco_pope_popular.json")
+    assert [r["question_id"] for r in labels] == list(range(1, len(labels) + 1))
+    textvqa = rows("textvqa", "llava_textvqa_val_v051_ocr.jsonl")
+    assert len({r["question_id"] for r in textvqa}) < len(textvqa)  # image ids, shared between questions
+    assert all(r["image"] == f"{r['question_id']}.jpg" for r in textvqa)
+    mme_lines = "".join(p.read_text() for p in data_root.glob("MME/*/*/*.txt"))
+    assert "?  Please answer yes or no." in mme_lines
+    for name in ("pope", "textvqa", "mme"):
+        questions = BENCHMARKS[name](data_root).load()
+        assert questions and all(" \n" not in q.text for q in questions), name
+
+
+def test_blind_baseline_is_reported(first_run, checkpoint, data_root):
+    out, _ = first_run
+    summary = run(out, checkpoint, data_root, benchmarks=["pope", "textvqa"], blind=True)
+    assert summary["generated"] == 4  # the image-less answers, two per benchmark; the others are cached
+    results = json.loads((out / "results.json").read_text())["benchmarks"]
+    for name in ("pope", "textvqa"):
+        assert 0 <= results[name]["blind"]["score"] <= 100
+        assert summary[f"{name}_blind"] == results[name]["blind"]["score"]
+        blind_prompts = (out / "answers" / "finetune" / "blind" / f"{name}.jsonl").read_text().splitlines()
+        assert len(blind_prompts) == 2
+    assert "| blind (no image) |" in (out / "results.md").read_text()
+    # the cached blind answers are reused on a rerun
+    assert run(out, checkpoint, data_root, benchmarks=["pope"], blind=True)["generated"] == 0

@@ -16,13 +16,14 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections import defaultdict, deque
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from firellava.core.io import append_jsonl, iter_jsonl, write_jsonl
 from firellava.engines import Engine, Prompt, SamplingParams
-from firellava.eval.benchmarks.base import Question
+from firellava.eval.benchmarks.base import Benchmark, BenchmarkDataError, Question
 
 log = logging.getLogger(__name__)
 _FULL_HASH_LIMIT = 2 << 30  # weights under 2 GiB are hashed whole; larger ones by size and first/last MiB
@@ -202,3 +203,30 @@ def generate_missing(
         done, took = i + len(batch), time.perf_counter() - start
         log.info("%s: %d/%d answers, %.2f questions/s", benchmark, done, len(todo), done / max(took, 1e-9))
     return len(todo)
+
+
+def read_answer_file(
+    bench: Benchmark, questions: Sequence[Question], path: str | Path
+) -> tuple[dict[str, str], int]:
+    """Answers someone else generated, in LLaVA's answer jsonl (`question_id`, `prompt`, `text`, ...): each
+    record goes to the question with the same key (`Benchmark.record_key` / `match_key`), records sharing a key
+    to its questions in file order. Returns the answers by question id and how many records matched no
+    loaded question (a file of the whole benchmark scored with eval.limit, or stray lines)."""
+    path = Path(path)
+    waiting: dict[Hashable, deque[str]] = defaultdict(deque)
+    for q in questions:
+        waiting[bench.match_key(q)].append(q.qid)
+    answers, unmatched = {}, 0
+    try:
+        for lineno, rec, _ in iter_jsonl(path):
+            where = f"{path}:{lineno}"
+            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+                raise BenchmarkDataError(f"{where}: expected an answer record with a string field 'text'")
+            queue = waiting.get(bench.record_key(rec, where))
+            if queue:
+                answers[queue.popleft()] = rec["text"]
+            else:
+                unmatched += 1
+    except ValueError as e:
+        raise BenchmarkDataError(str(e)) from None
+    return answers, unmatched

@@ -104,13 +104,14 @@ class Judge:
 
 
 def parse_score_pair(review: str) -> tuple[float, float] | None:
-    """LLaVA `eval_gpt_review_bench.parse_score`: the first line holds exactly two numbers."""
-    first = review.strip().split("\n")[0].replace(",", " ")
-    parts = first.split()
-    if len(parts) != 2:
+    """LLaVA `eval_gpt_review_bench.parse_score`: the first line, commas turned into spaces, split on single
+    spaces, must give exactly two numbers. So "8 9" and "8,9" parse, while "8, 9", " 8 9" and "8  9" give
+    three fields and fail (LLaVA records [-1, -1] for them; here they are None and counted)."""
+    fields = review.split("\n")[0].replace(",", " ").split(" ")
+    if len(fields) != 2:
         return None
     try:
-        return float(parts[0]), float(parts[1])
+        return float(fields[0]), float(fields[1])
     except ValueError:
         return None
 

@@ -1,8 +1,8 @@
 """Answer normalization and VQA accuracy, bit-compatible with the reference implementations.
 
 `EvalAIAnswerProcessor` is the processor of LLaVA's `m4c_evaluator.py` (also lmms-eval's), which LLaVA applies to
-TextVQA and to every VQAv2/VizWiz submission. `official_vqa_accuracy` is GT-Vision-Lab's `vqaEval.py` loop, which
-the EvalAI servers run. The quirks are kept on purpose: the period regex is a mistyped look-behind (so it
+TextVQA and to every VQAv2/VizWiz submission. `official_vqa_accuracy` is GT-Vision-Lab's current `vqaEval.py` loop,
+which the EvalAI servers run. The quirks are kept on purpose: the period regex is a mistyped look-behind (so it
 removes every period not followed by a digit) and `re.UNICODE` lands in the `count` argument of `re.sub`.
 """
 
@@ -101,12 +101,15 @@ def m4c_vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
 
 
 def official_vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """`vqaEval.py` (what EvalAI runs for VQAv2): the prediction gets punctuation + digit/article processing;
-    the human answers get only punctuation processing, and only when they are not all identical."""
-    res = process_digit_article(process_punctuation(_clean(prediction)))
+    """GT-Vision-Lab's current `vqaEval.py` (the 2021 fix, what EvalAI runs for VQAv2): when the ten human
+    answers differ, both sides get punctuation + digit/article processing; when they are all identical, both
+    sides are compared raw (only newlines, tabs and outer spaces cleaned). The 2016 version processed only the
+    prediction's digits/articles, so "2" against 8 x "two" + 2 x "2" scored 0.6 there and 1.0 here."""
+    res = _clean(prediction)
     gts = [_clean(a) for a in answers]
     if len(set(gts)) > 1:
-        gts = [process_punctuation(a) for a in gts]
+        gts = [process_digit_article(process_punctuation(a)) for a in gts]
+        res = process_digit_article(process_punctuation(res))
     return leave_one_out_accuracy(res, gts)
 
 

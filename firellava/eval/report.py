@@ -14,20 +14,28 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
+def _cell(r: Mapping[str, Any]) -> str:
+    if r["score"] is not None:
+        return _fmt(r["score"])
+    if not r["offline"]:
+        return f"server: {Path(r['submission']).name if r.get('submission') else 'no file'}"
+    return "no score (judge)"  # a judged benchmark whose reviews could not be parsed
+
+
 def markdown_table(results: Mapping[str, Mapping[str, Any]], model: str) -> str:
+    """One row per benchmark; a blind column (the same model without the images) when eval.blind ran."""
+    blind = any("blind" in r for r in results.values())
+    blind_head, blind_rule = (" blind (no image) |", "---:|") if blind else ("", "")
     lines = [
-        f"| Benchmark | split | metric | {model} | LLaVA-1.5-13B |",
-        "|---|---|---|---:|---:|",
+        f"| Benchmark | split | metric | {model} |{blind_head} LLaVA-1.5-13B |",
+        f"|---|---|---|---:|{blind_rule}---:|",
     ]
     for name, r in results.items():
         cls = BENCHMARKS[name]
-        if r["score"] is not None:
-            ours = _fmt(r["score"])
-        elif not r["offline"]:
-            ours = f"server: {Path(r['submission']).name if r.get('submission') else 'no file'}"
-        else:  # a judged benchmark whose reviews could not be parsed
-            ours = "no score (judge)"
-        lines.append(f"| {cls.title} | {r['split']} | {cls.metric} | {ours} | {_fmt(cls.published)} |")
+        row = f"| {cls.title} | {r['split']} | {cls.metric} | {_cell(r)} |"
+        if blind:
+            row += f" {_fmt(r.get('blind', {}).get('score'))} |"  # a server split is not submitted blind
+        lines.append(f"{row} {_fmt(cls.published)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -15,12 +15,19 @@ from typing import Any
 from firellava.config import build
 from firellava.core.io import write_jsonl
 from firellava.engines import Engine, EngineSpec, build_engine
-from firellava.eval.answers import AnswerCache, ReviewCache, generate_missing, model_fingerprint
+from firellava.eval.answers import (
+    AnswerCache,
+    ReviewCache,
+    generate_missing,
+    model_fingerprint,
+    read_answer_file,
+)
 from firellava.eval.benchmarks import BENCHMARKS, Benchmark, Question, get_benchmark
 from firellava.eval.judge import Judge, LazyEngine
 from firellava.eval.report import log_wandb, write_report
 
 log = logging.getLogger(__name__)
+LLAVA_LAYOUT = "llava"  # eval.answers_from: the answer files where LLaVA's own eval scripts write them
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,10 @@ class EvalSpec:
     batch_size: int = 8  # answers per engine call, each batch saved before the next
     max_new_tokens: int | dict[str, int] | None = None  # default: LLaVA's per benchmark (128 / 1024)
     generate: bool = True  # false: score the cached answers only (a missing one is an error)
+    # answer files in LLaVA's format to score as they are, no model loaded: a folder of <benchmark>.jsonl or
+    # {benchmark: file}
+    answers_from: str | dict[str, str] | None = None
+    blind: bool = False  # also answer every question without its image: the report's blind baseline
     judge: JudgeSpec = field(default_factory=JudgeSpec)
     wandb: bool = False
     wandb_project: str = "firellava"
@@ -61,6 +72,24 @@ class EvalSpec:
             raise ValueError("eval.benchmarks is empty")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"eval.limit must be a positive integer or null, got {self.limit}")
+        if self.answers_from is not None and self.blind:
+            raise ValueError("eval.blind asks the model, so it cannot be combined with eval.answers_from")
+
+    def answer_file(self, bench: Benchmark) -> Path:
+        """Where eval.answers_from keeps `bench`'s answers: `llava` is where LLaVA's scripts (and its eval.zip)
+        leave them under eval.data_root for model eval.model_name; another string is a folder of
+        <benchmark>.jsonl; a mapping names each file."""
+        if self.answers_from == LLAVA_LAYOUT:
+            if bench.split not in bench.llava_answers:
+                raise ValueError(
+                    f"eval.answers_from=llava: LLaVA's scripts write no {bench.name} {bench.split} answers"
+                )
+            return Path(self.data_root) / bench.llava_answers[bench.split].format(model=self.model_name)
+        if isinstance(self.answers_from, str):
+            return Path(self.answers_from) / f"{bench.name}.jsonl"
+        if bench.name not in (self.answers_from or {}):
+            raise ValueError(f"eval.answers_from names no answer file for {bench.name!r}")
+        return Path(self.answers_from[bench.name])
 
     def tokens_for(self, bench: Benchmark) -> int:
         if isinstance(self.max_new_tokens, int):
@@ -68,16 +97,15 @@ class EvalSpec:
         return (self.max_new_tokens or {}).get(bench.name, bench.max_new_tokens)
 
 
-def _sample_rows(questions: list[Question], cache: AnswerCache, reviews: dict[str, Any]) -> list[dict]:
+def _sample_rows(questions: list[Question], answers: dict[str, str], reviews: dict[str, Any]) -> list[dict]:
     rows = []
     for q in questions:
-        rec = cache.records[q.qid]
         truth = {k: v for k, v in q.meta.items() if k not in ("row", "options", "caption", "reference")}
         rows.append(
             {
                 "question_id": q.qid,
                 "prompt": q.text,
-                "answer": rec["text"],
+                "answer": answers[q.qid],
                 "truth": truth,
                 **({"judge": reviews[q.qid]} if q.qid in reviews else {}),
             }
@@ -85,29 +113,49 @@ def _sample_rows(questions: list[Question], cache: AnswerCache, reviews: dict[st
     return rows
 
 
+def blind(questions: list[Question]) -> list[Question]:
+    """The same questions without their images: what a model gets right from the text alone."""
+    return [replace(q, image=None) for q in questions]
+
+
 def evaluate(spec: EvalSpec, engine: EngineSpec, judge_engine: EngineSpec, out_dir: Path) -> dict[str, Any]:
     """Answer, score and report every benchmark of `spec`: the checkpoint runs as `engine` says, a named judge
-    model as `judge_engine` (whose sampling the judge uses either way)."""
+    model as `judge_engine` (whose sampling the judge uses either way). With `spec.answers_from` the answers
+    are read from those files instead and no model is loaded unless it must judge."""
     start = time.perf_counter()
     out_dir = Path(out_dir).resolve()
     checkpoint, data_root = Path(spec.checkpoint), Path(spec.data_root)
     benches = [get_benchmark(n, data_root, spec.splits.get(n)) for n in spec.benchmarks]
     loaded = {b.name: b.load()[: spec.limit] for b in benches}  # every file is read before any generation
     model_name = spec.model_name
-    model_id = f"{model_name}-{model_fingerprint(checkpoint)}"
-    caches = {
-        b.name: AnswerCache(out_dir / "answers" / model_name / f"{b.name}.jsonl", model_id) for b in benches
-    }
+    external = spec.answers_from is not None
+    model_id = model_name if external else f"{model_name}-{model_fingerprint(checkpoint)}"
 
     # the evaluated model, loaded on first need: a rerun with every answer and review cached never loads it
     model = LazyEngine(model_id, lambda: build_engine(engine, str(checkpoint), model_id))
+    answers: dict[str, dict[str, str]] = {}
+    unmatched: dict[str, int] = {}
+    blind_answers: dict[str, dict[str, str]] = {}
     generated = 0
-    if spec.generate:
-        for b in benches:
+    runs = []  # (benchmark, questions, answer subfolder, where its answers go); all caches are read first
+    for b in benches:
+        if external:
+            answers[b.name], unmatched[b.name] = read_answer_file(b, loaded[b.name], spec.answer_file(b))
+            continue
+        runs.append((b, loaded[b.name], "", answers))
+        if spec.blind:
+            runs.append((b, blind(loaded[b.name]), "blind/", blind_answers))
+    caches = [
+        AnswerCache(out_dir / "answers" / model_name / sub / f"{b.name}.jsonl", model_id)
+        for b, _, sub, _ in runs
+    ]
+    for (b, questions, _, into), cache in zip(runs, caches):
+        if spec.generate:
             params = replace(engine.sampling, max_tokens=spec.tokens_for(b))
             generated += generate_missing(
-                model, b.name, loaded[b.name], caches[b.name], batch_size=spec.batch_size, params=params
+                model, b.name, questions, cache, batch_size=spec.batch_size, params=params
             )
+        into[b.name] = cache.answers()
 
     judge = None
     js = spec.judge
@@ -123,18 +171,26 @@ def evaluate(spec: EvalSpec, engine: EngineSpec, judge_engine: EngineSpec, out_d
 
     results: dict[str, dict[str, Any]] = {}
     judge_generated = 0
-    for b in benches:
-        questions, cache = loaded[b.name], caches[b.name]
+
+    def score(b: Benchmark, questions: list[Question], got: dict[str, str]) -> dict[str, Any]:
+        nonlocal judge_generated
         bench_judge = None
         if judge is not None and b in judged:
             bench_judge = judge.with_cache(
                 ReviewCache(out_dir / "answers" / model_name / "reviews" / f"{b.name}.jsonl")
             )
-        metrics = b.score(questions, cache.answers(), bench_judge)
+        metrics = b.score(questions, got, bench_judge)
         judge_generated += bench_judge.generated if bench_judge else 0
+        return metrics
+
+    for b in benches:
+        questions = loaded[b.name]
+        metrics = score(b, questions, answers[b.name])
         reviews = metrics.pop("reviews", {})
-        submission = b.submission(questions, cache.answers(), out_dir / "submissions")
-        write_jsonl(out_dir / "samples" / f"{b.name}.jsonl", _sample_rows(questions, cache, reviews))
+        submission = b.submission(questions, answers[b.name], out_dir / "submissions")
+        write_jsonl(
+            out_dir / "samples" / f"{b.name}.jsonl", _sample_rows(questions, answers[b.name], reviews)
+        )
         results[b.name] = {
             "split": b.split,
             "metric": b.metric,
@@ -144,13 +200,21 @@ def evaluate(spec: EvalSpec, engine: EngineSpec, judge_engine: EngineSpec, out_d
             "published_llava_1_5_13b": b.published,
             "submission": str(submission) if submission else None,
         }
+        if external:
+            results[b.name]["answers_file"] = str(spec.answer_file(b))
+            results[b.name]["answers_unmatched"] = unmatched[b.name]
+        if b.name in blind_answers:
+            blind_metrics = score(b, blind(questions), blind_answers[b.name])
+            blind_metrics.pop("reviews", None)
+            results[b.name]["blind"] = blind_metrics
         log.info(
             "%s (%s): %s = %s on %d questions", b.name, b.split, b.metric, metrics["score"], len(questions)
         )
 
     meta = {
         "model": model_id,
-        "checkpoint": str(checkpoint),
+        "checkpoint": None if external else str(checkpoint),
+        "answers_from": spec.answers_from,
         "judge": judge.model_name if judge else None,
         "limit": spec.limit,
         "data_root": str(data_root),
@@ -162,6 +226,7 @@ def evaluate(spec: EvalSpec, engine: EngineSpec, judge_engine: EngineSpec, out_d
         "dir": str(out_dir),
         "model": model_id,
         **{name: r["score"] for name, r in results.items()},
+        **{f"{name}_blind": r["blind"]["score"] for name, r in results.items() if "blind" in r},
         "questions": sum(r["questions"] for r in results.values()),
         "generated": generated,
         "judge_generated": judge_generated,

@@ -19,10 +19,12 @@ from firellava.core.chat_format import IMAGE_TOKEN
 from firellava.core.instructions import OPTION_LETTER, SHORT_ANSWER
 from firellava.core.io import read_json, write_json, write_jsonl
 from firellava.eval.benchmarks.choice import CIRCULAR_STRIDE
-from firellava.eval.benchmarks.yesno import MME_ORIGINAL_SUFFIX, POPE_SPLITS
+from firellava.eval.benchmarks.yesno import MME_INSTRUCTION, POPE_SPLITS
 from firellava.toy import language as lang
 from firellava.toy.scenes import COLOURS, SHAPES, WORDS, Scene, draw_scene, sample_scene
 
+# LLaVA's llava_pope_test.jsonl question ids, per category (the label files start at 1 each)
+POPE_QUESTION_ID_BASE = {"adversarial": 0, "random": 10_000_000, "popular": 20_000_000}
 FIRST_IMAGE_ID = 900_000
 VQA_GENERATORS = (lang.colour_qa, lang.shape_qa, lang.count_qa, lang.count_kind_qa, lang.exists_qa)
 GQA_GENERATORS = (lang.relation_qa, lang.relative_shape_qa, lang.both_qa, lang.colour_qa, lang.exists_qa)
@@ -122,18 +124,25 @@ def vizwiz(root: Path, w: _World, n: int) -> None:
 
 
 def textvqa(root: Path, w: _World, n: int) -> None:
+    """LLaVA's layout: in `llava_textvqa_val_v051_ocr.jsonl` the question_id is the image id, and every third
+    question asks about the previous image again, so ids repeat as they do in the real file."""
     rows, data = [], []
+    scene, image_id, q = None, "", ""
     for i in range(n):
-        scene, q, a = w.qa((lang.text_qa,), with_word=True)
-        image_id = f"{w.rng.getrandbits(64):016x}"
-        _save(scene, root / "train_images" / f"{image_id}.jpg")
-        qid = 40_000 + i
+        if i % 3 == 1:
+            first = q
+            while q == first:  # another phrasing about the same word
+                q, a = lang.text_qa(scene, w.rng)
+        else:
+            scene, q, a = w.qa((lang.text_qa,), with_word=True)
+            image_id = f"{w.rng.getrandbits(64):016x}"
+            _save(scene, root / "train_images" / f"{image_id}.jpg")
         ocr = [scene.word]  # the toy's OCR system reads every word right
         text = f"{q}\nReference OCR token: {', '.join(ocr)}\n{SHORT_ANSWER}"
-        rows.append({"question_id": qid, "image": f"{image_id}.jpg", "text": text, "category": "textvqa"})
+        rows.append({"question_id": image_id, "image": f"{image_id}.jpg", "text": text})
         data.append(
             {
-                "question_id": qid,
+                "question_id": 40_000 + i,
                 "question": q,
                 "image_id": image_id,
                 "answers": [a] * 10,
@@ -150,13 +159,15 @@ def textvqa(root: Path, w: _World, n: int) -> None:
 
 def pope(root: Path, w: _World, n: int) -> None:
     """POPE's three ways to pick absent objects, in toy terms: uniformly (random), the phrases most frequent
-    in the set (popular), and look-alikes of a present shape, same kind in another colour (adversarial)."""
+    in the set (popular), and look-alikes of a present shape, same kind in another colour (adversarial).
+    Written as LLaVA's files are: each label file numbers its questions 1..N, and `llava_pope_test.jsonl`
+    numbers them per category from `POPE_QUESTION_ID_BASE`, in the same order (the scorer pairs by position)."""
     per_split = max(2, n // len(POPE_SPLITS))
     scenes = [w.scene() for _ in range(max(1, per_split // 2))]
     frequency = Counter(lang.phrase(s) for sc in scenes for s in sc.shapes)
-    rows, qid = [], 0
+    rows: dict[str, list[dict]] = {}
     for split in POPE_SPLITS:
-        labels = []
+        labels, rows[split] = [], []
         for k in range(per_split):
             scene = scenes[(k // 2) % len(scenes)]
             image = f"COCO_val2014_{scene.image_id:012d}.jpg"
@@ -172,14 +183,19 @@ def pope(root: Path, w: _World, n: int) -> None:
             else:
                 kinds = {s.kind for s in scene.shapes}
                 obj, label = w.rng.choice([p for p in absent if p.split()[1] in kinds] or absent), "no"
-            qid += 1
             q = f"Is there {lang.a(obj)} in the image?"
-            labels.append({"question_id": qid, "image": image, "text": q, "label": label})
-            rows.append(
-                {"question_id": qid, "image": image, "text": f"{q}\n{SHORT_ANSWER}", "category": split}
+            labels.append({"question_id": k + 1, "image": image, "text": q, "label": label})
+            rows[split].append(
+                {
+                    "question_id": POPE_QUESTION_ID_BASE[split] + k + 1,
+                    "image": image,
+                    "text": f"{q}\n{SHORT_ANSWER}",
+                    "category": split,
+                }
             )
         write_jsonl(root / "coco" / f"coco_pope_{split}.json", labels)
-    write_jsonl(root / "llava_pope_test.jsonl", rows)
+    in_id_order = sorted(POPE_SPLITS, key=POPE_QUESTION_ID_BASE.__getitem__)
+    write_jsonl(root / "llava_pope_test.jsonl", [r for split in in_id_order for r in rows[split]])
 
 
 def _mme_pairs(scene: Scene, subtask: str, rng: random.Random) -> list[tuple[str, str]] | None:
@@ -246,7 +262,9 @@ def mme(root: Path, w: _World, n: int) -> None:
                 break
         name = f"{scene.image_id}"
         _save(scene, root / subtask / f"{name}.jpg")
-        text = "".join(f"{q}{MME_ORIGINAL_SUFFIX}\t{a}\n" for q, a in pairs)
+        # some real MME lines put two spaces before the instruction; LLaVA's prompts drop both
+        gap = "  " if i % 3 == 0 else " "
+        text = "".join(f"{q}{gap}{MME_INSTRUCTION}\t{a}\n" for q, a in pairs)
         (root / subtask / f"{name}.txt").write_text(text, encoding="utf-8")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -56,6 +56,8 @@ class Benchmark:
     scale: ClassVar[float] = 100.0  # the headline score's maximum
     dirname: ClassVar[str]  # folder under the eval data root (LLaVA's playground/data/eval layout)
     splits: ClassVar[tuple[str, ...]]
+    # split -> where LLaVA's scripts leave a model's answers, under the eval data root (`{model}`: its name)
+    llava_answers: ClassVar[dict[str, str]] = {}
     server_splits: ClassVar[tuple[str, ...]] = ()  # splits whose ground truth only the server has
     max_new_tokens: ClassVar[int] = 128  # LLaVA: model_vqa_loader 128; model_vqa/_mmbench/_science 1024
     judged: ClassVar[bool] = False
@@ -83,6 +85,14 @@ class Benchmark:
     ) -> Path | None:
         """The file the benchmark's server takes; None where the benchmark is scored here."""
         return None
+
+    def record_key(self, record: Mapping[str, Any], where: str) -> Hashable:
+        """What names the question an answer record (LLaVA's answer jsonl line) answers; `match_key` gives the
+        same value for that question. Records and questions with equal keys pair in file order."""
+        return str(field_of(record, "question_id", where))
+
+    def match_key(self, question: Question) -> Hashable:
+        return question.qid
 
     def file(self, *parts: str) -> Path:
         path = self.root.joinpath(*parts)

@@ -99,6 +99,7 @@ class MMBench(Benchmark):
 
     name, title, metric, published = "mmbench", "MMBench", "CircularEval accuracy", 67.7
     dirname = "mmbench"
+    llava_answers = {"dev": "mmbench/answers/mmbench_dev_20230712/{model}.jsonl"}
     splits = ("dev", "test")
     server_splits = ("test",)
     max_new_tokens = 1024
@@ -208,12 +209,15 @@ class MMBenchCN(MMBench):
 
     name, title, published = "mmbench_cn", "MMBench-CN", 63.6
     files = {"dev": "mmbench_dev_cn_20231003.tsv", "test": "mmbench_test_cn_20231003.tsv"}
+    llava_answers = {"dev": "mmbench_cn/answers/mmbench_dev_cn_20231003/{model}.jsonl"}
     instruction = OPTION_LETTER_CN
 
 
 def scienceqa_choice(text: str) -> str:
-    """LLaVA `eval_science_qa.py`: a bare letter, "X. ...", or exactly one "The answer is X."; else FAILED."""
-    if text in LETTERS:
+    """LLaVA `eval_science_qa.py`: the whole answer is one of its option letters A-E, or it starts "X. ", or it
+    holds exactly one "The answer is X."; else FAILED. The membership test is on the letters, not a substring
+    of "ABCDE", so "AB", "BC" and "" are failed parses."""
+    if text in tuple(LETTERS):
         return text
     if len(text) >= 3 and text[0] in LETTERS and text[1:3] == ". ":
         return text[0]
@@ -223,11 +227,13 @@ def scienceqa_choice(text: str) -> str:
 
 class ScienceQA(Benchmark):
     """ScienceQA test, LLaVA's `llava_test_CQM-A.json` prompts + the letter instruction, parsed like
-    `eval_science_qa.py`. The headline is IMG accuracy (questions with an image), the paper's "SQA-IMG";
-    overall accuracy is reported beside it."""
+    `eval_science_qa.py` (`scienceqa_choice`; a failed parse counts as wrong and in `failed_parse`). The headline
+    is IMG accuracy (questions with an image), the paper's "SQA-IMG"; overall accuracy is reported beside it.
+    lmms-eval's `scienceqa_img` accepts the bare letter or "X." at the start and has no "The answer is X." rule."""
 
     name, title, metric, published = "scienceqa_img", "SQA-IMG", "accuracy (image subset)", 71.6
     dirname = "scienceqa"
+    llava_answers = {"test": "scienceqa/answers/{model}.jsonl"}
     splits = ("test",)
     max_new_tokens = 1024
 
@@ -275,6 +281,7 @@ class SEEDBench(Benchmark):
 
     name, title, metric, published = "seed_bench", "SEED", "accuracy (all)", 61.6
     dirname = "seed_bench"
+    llava_answers = {"test": "seed_bench/answers/{model}/merge.jsonl"}
     splits = ("test",)
 
     def load(self) -> list[Question]:

@@ -9,7 +9,7 @@ in its [-1, -1] placeholder), so the failure count is part of the result.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +55,14 @@ MMVET_PROMPT = (
 class LLaVABench(Benchmark):
     """LLaVA-Bench-in-the-Wild: 60 questions in three categories. The judge sees the captions, the question,
     the reference answer as Assistant 1 and ours as Assistant 2 (LLaVA's `eval_gpt_review_bench.py` layout);
-    the score is mean(ours) / mean(reference) * 100 (`summarize_gpt_review.py`), overall and per category."""
+    the score is mean(ours) / mean(reference) * 100 (`summarize_gpt_review.py`), overall and per category. The
+    score pair is read as `parse_score` reads it; a review it rejects is counted (`judge_parse_failures`) and
+    left out of `score`, while `score_llava_script` averages its [-1, -1] in as LLaVA's summary does.
+    lmms-eval's `llava_in_the_wild` parses the pair the same way."""
 
     name, title, metric, published = "llava_bench", "LLaVA-W", "relative score (judge)", 70.7
     dirname = "llava-bench-in-the-wild"
+    llava_answers = {"test": "llava-bench-in-the-wild/answers/{model}.jsonl"}
     splits = ("test",)
     max_new_tokens = 1024
     judged = True
@@ -93,10 +97,12 @@ class LLaVABench(Benchmark):
         ]
         reviews = judge.review(LLAVA_BENCH_SYSTEM, contents)
         pairs: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        with_placeholders: list[tuple[float, float]] = []
         per_sample, failures = {}, 0
         for q, review in zip(questions, reviews):
             pair = parse_score_pair(review)
             per_sample[q.qid] = {"review": review, "scores": pair}
+            with_placeholders.append(pair or (-1.0, -1.0))
             if pair is None:
                 failures += 1
                 continue
@@ -112,6 +118,9 @@ class LLaVABench(Benchmark):
             "per_category": {k: relative(v) for k, v in sorted(pairs.items()) if k != "all"},
             "judge": judge.model_name,
             "judge_parse_failures": failures,
+            # `summarize_gpt_review.py` averages the [-1, -1] of every failed parse in; equal to "score" when
+            # every review parsed
+            "score_llava_script": relative(with_placeholders),
             "reviews": per_sample,
         }
 
@@ -124,6 +133,7 @@ class MMVet(Benchmark):
 
     name, title, metric, published = "mm_vet", "MM-Vet", "judge-graded score", 35.4
     dirname = "mm-vet"
+    llava_answers = {"test": "mm-vet/answers/{model}.jsonl"}
     splits = ("test",)
     max_new_tokens = 1024
     judged = True
@@ -140,6 +150,11 @@ class MMVet(Benchmark):
             image = self.root / "images" / field_of(rec, "imagename", where)
             out.append(Question(qid, field_of(rec, "question", where), image, meta))
         return out
+
+    def record_key(self, record: Mapping[str, Any], where: str) -> Hashable:
+        """LLaVA's MM-Vet answers number the questions 0..N; `convert_mmvet_for_eval.py` names them v1_<n>."""
+        qid = str(field_of(record, "question_id", where))
+        return qid if qid.startswith("v1_") else f"v1_{qid}"
 
     def score(self, questions, answers: Mapping[str, str], judge: Judge | None = None) -> dict[str, Any]:
         require_answers(self.name, questions, answers)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +54,15 @@ def _per_type(questions: Sequence[Question], accs: Sequence[float], key: str) ->
 class VQAv2(Benchmark):
     """VQAv2. LLaVA-1.5 reports test-dev, scored by the EvalAI server: the `test-dev` split writes LLaVA's
     `convert_vqav2_for_submission.py` file (EvalAI-normalized answers, "" for unanswered test2015 questions).
-    The `val` split is scored here with the official `vqaEval.py` after the same EvalAI normalization of the
-    prediction that the submission applies (lmms-eval's `vqav2_val` processes the human answers too; the
-    official evaluator does not, and that is what the server runs)."""
+    The `val` split is scored here with the current official `vqaEval.py` (the 2021 version the server runs:
+    both sides processed when the human answers differ, both raw when all ten agree) after the same EvalAI
+    normalization of the prediction that the submission applies. lmms-eval's `vqav2_val` runs its EvalAI
+    processor on the human answers in every case, so it also matches a normalized prediction against ten
+    identical unnormalized answers, where the official code does not."""
 
     name, title, metric, published = "vqav2", "VQAv2", "VQA accuracy", 80.0
     dirname = "vqav2"
+    llava_answers = {"test-dev": "vqav2/answers/llava_vqav2_mscoco_test-dev2015/{model}/merge.jsonl"}
     splits = ("val", "test-dev")
     server_splits = ("test-dev",)
 
@@ -118,6 +122,7 @@ class VizWiz(Benchmark):
 
     name, title, metric, published = "vizwiz", "VizWiz", "VQA accuracy", 53.6
     dirname = "vizwiz"
+    llava_answers = {"test": "vizwiz/answers/{model}.jsonl"}
     splits = ("val", "test")
     server_splits = ("test",)
     suffix = f"\n{UNANSWERABLE}\n{SHORT_ANSWER}"
@@ -156,31 +161,71 @@ class VizWiz(Benchmark):
         return write_json(out_dir / f"vizwiz_{self.split}_submission.json", rows, indent=None)
 
 
+def textvqa_question(prompt: str, where: str) -> str:
+    """The question inside a TextVQA prompt, lower-cased, found as LLaVA's `eval_textvqa.prompt_processor`
+    finds it: BLIP's "OCR tokens: ... Question: ... Short answer:" form, or the line that is not the
+    "Reference OCR token:" one of a three-line prompt, or the first of two lines."""
+    lines = prompt.split("\n")
+    if prompt.startswith("OCR tokens: "):
+        match = re.search(r"Question: (.*?) Short answer:", prompt, re.DOTALL)
+        question = match.group(1) if match else None
+    elif "Reference OCR token: " in prompt and len(lines) == 3:
+        question = lines[1] if prompt.startswith("Reference OCR token:") else lines[0]
+    elif len(lines) == 2:
+        question = lines[0]
+    else:
+        question = None
+    if question is None:
+        raise BenchmarkDataError(f"{where}: no question in the TextVQA prompt {prompt!r}")
+    return question.lower()
+
+
 class TextVQA(Benchmark):
     """TextVQA val v0.5.1, LLaVA's protocol: the question file carries the Rosetta OCR tokens
     (`llava_textvqa_val_v051_ocr.jsonl`; lmms-eval leaves them out by default) and `eval_textvqa.py` scores with
-    the m4c evaluator. Answers are joined to the annotations by question_id (LLaVA re-derives the question
-    from the prompt and joins on (image_id, question); both name the same record)."""
+    the m4c evaluator. In that file `question_id` is the image id (several questions share one), so each
+    question is joined to its annotation as `eval_textvqa.py` joins an answer: on (image_id, the question
+    re-read from the prompt, lower-cased), the last annotation winning where two share that key. A question's
+    id here is `<image id>#<n>`, its n-th question in the file; LLaVA's own answer files are matched on the
+    same key (`record_key`)."""
 
     name, title, metric, published = "textvqa", "TextVQA", "VQA accuracy", 61.3
     dirname = "textvqa"
+    llava_answers = {"val": "textvqa/answers/{model}.jsonl"}
     splits = ("val",)
 
     def load(self) -> list[Question]:
-        questions = llava_question_file(
-            self.file("llava_textvqa_val_v051_ocr.jsonl"), self.root / "train_images"
-        )
+        qpath = self.file("llava_textvqa_val_v051_ocr.jsonl")
         apath = self.file("TextVQA_0.5.1_val.json")
         annotations = {}
         for i, rec in enumerate(field_of(read_json_file(apath), "data", str(apath))):
-            annotations[str(field_of(rec, "question_id", f"{apath}: data[{i}]"))] = rec
-        out = []
-        for q in questions:
-            if q.qid not in annotations:
-                raise BenchmarkDataError(f"{apath}: no annotation for question_id {q.qid}")
-            answers = field_of(annotations[q.qid], "answers", f"{apath}: question_id {q.qid}")
-            out.append(Question(q.qid, q.text, q.image, {**q.meta, "answers": answers}))
+            where = f"{apath}: data[{i}]"
+            key = (str(field_of(rec, "image_id", where)), str(field_of(rec, "question", where)).lower())
+            annotations[key] = rec
+        out, seen = [], defaultdict(int)
+        for q in llava_question_file(qpath, self.root / "train_images"):
+            image_id = str(q.meta["question_id"])
+            key = (image_id, textvqa_question(q.text, f"{qpath}: question_id {image_id}"))
+            if key not in annotations:
+                raise BenchmarkDataError(
+                    f"{apath}: no annotation for image_id {key[0]!r} and question {key[1]!r} ({qpath.name})"
+                )
+            answers = field_of(
+                annotations[key], "answers", f"{apath}: image_id {key[0]}, question {key[1]!r}"
+            )
+            qid = f"{image_id}#{seen[image_id]}"
+            seen[image_id] += 1
+            out.append(Question(qid, q.text, q.image, {**q.meta, "answers": answers, "key": key}))
         return out
+
+    def record_key(self, record: Mapping[str, Any], where: str) -> Hashable:
+        return (
+            str(field_of(record, "question_id", where)),
+            textvqa_question(field_of(record, "prompt", where), where),
+        )
+
+    def match_key(self, question: Question) -> Hashable:
+        return question.meta["key"]
 
     def score(self, questions, answers, judge=None) -> dict[str, Any]:
         require_answers(self.name, questions, answers)
@@ -194,6 +239,7 @@ class GQA(Benchmark):
 
     name, title, metric, published = "gqa", "GQA", "accuracy", 63.3
     dirname = "gqa"
+    llava_answers = {"testdev_balanced": "gqa/answers/llava_gqa_testdev_balanced/{model}/merge.jsonl"}
     splits = ("testdev_balanced",)
 
     def load(self) -> list[Question]:

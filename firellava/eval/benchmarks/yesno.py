@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from firellava.core.instructions import SHORT_ANSWER
@@ -22,7 +23,7 @@ MME_PERCEPTION = (
     "existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR",
 )  # fmt: skip
 MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
-MME_ORIGINAL_SUFFIX = " Please answer yes or no."
+MME_INSTRUCTION = "Please answer yes or no."  # what MME asks; LLaVA drops it
 
 
 def pope_yes_no(text: str) -> str:
@@ -54,37 +55,56 @@ def binary_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[st
 
 
 class POPE(Benchmark):
-    """POPE on COCO val2014 (LLaVA pins POPE commit e3e39262). LLaVA's protocol, which the paper's 85.9 comes
-    from: the yes/no mapping of `eval_pope.py` and the F1 averaged over the three splits. lmms-eval differs
-    (exact yes/no only, yes-ratio from the labels, one pooled F1)."""
+    """POPE on COCO val2014 (LLaVA pins POPE commit e3e39262), read as LLaVA's `eval_pope.py` reads it. LLaVA's
+    `llava_pope_test.jsonl` numbers its questions per category (adversarial 1.., random 10000001..,
+    popular 20000001..), while each `coco/coco_pope_<category>.json` numbers its labels 1..N; `eval_pope.py`
+    pairs them by position: the k-th question of a category with the k-th line of that category's label file.
+    Scored with its yes/no mapping and the F1 averaged over the three splits, which the paper's 85.9 is.
+    lmms-eval differs (exact yes/no only, yes-ratio from the labels, one pooled F1)."""
 
     name, title, metric, published = "pope", "POPE", "F1 (mean of 3 splits)", 85.9
     dirname = "pope"
+    llava_answers = {"test": "pope/answers/{model}.jsonl"}
     splits = ("test",)
 
     def load(self) -> list[Question]:
-        questions = llava_question_file(self.file("llava_pope_test.jsonl"), self.root / "val2014")
-        labels: dict[str, str] = {}
-        for split in POPE_SPLITS:
-            path = self.file("coco", f"coco_pope_{split}.json")
-            for lineno, rec in read_jsonl(path):
-                labels[f"{split}/{field_of(rec, 'question_id', f'{path}:{lineno}')}"] = rec.get("label")
+        qpath = self.file("llava_pope_test.jsonl")
+        questions = llava_question_file(qpath, self.root / "val2014")
+        by_split: dict[str, list[Question]] = {split: [] for split in POPE_SPLITS}
         seen: set[str] = set()
-        out = []
         for q in questions:
             split = q.meta["category"]
-            if split not in POPE_SPLITS:
+            if split not in by_split:
                 raise BenchmarkDataError(
-                    f"llava_pope_test.jsonl: question {q.qid}: category {split!r} not in {POPE_SPLITS}"
+                    f"{qpath}: question {q.qid}: category {split!r} not in {POPE_SPLITS}"
                 )
             if q.qid in seen:
-                raise BenchmarkDataError(f"llava_pope_test.jsonl: question_id {q.qid} appears twice")
+                raise BenchmarkDataError(f"{qpath}: question_id {q.qid} appears twice")
             seen.add(q.qid)
-            label = labels.get(f"{split}/{q.qid}")
-            if label not in ("yes", "no"):
-                raise BenchmarkDataError(f"coco/coco_pope_{split}.json: question_id {q.qid}: label {label!r}")
-            out.append(Question(q.qid, q.text, q.image, {**q.meta, "label": label}))
-        return out
+            by_split[split].append(q)
+        labelled: dict[str, Question] = {}
+        for split, qs in by_split.items():
+            if not qs:
+                continue
+            lpath = self.file("coco", f"coco_pope_{split}.json")
+            labels = list(read_jsonl(lpath))
+            if len(labels) != len(qs):
+                raise BenchmarkDataError(
+                    f"{lpath}: {len(labels)} labels for {len(qs)} {split!r} questions in {qpath.name}; "
+                    "they are paired by position (LLaVA's file goes with POPE commit e3e39262's labels)"
+                )
+            for q, (lineno, rec) in zip(qs, labels):
+                where = f"{lpath}:{lineno}"
+                label = field_of(rec, "label", where)
+                if label not in ("yes", "no"):
+                    raise BenchmarkDataError(f"{where}: label {label!r} is not yes/no")
+                if rec.get("image", q.meta["image"]) != q.meta["image"]:
+                    raise BenchmarkDataError(
+                        f"{where}: image {rec['image']!r}, but the question at this position in "
+                        f"{qpath.name} (question_id {q.qid}) shows {q.meta['image']!r}"
+                    )
+                labelled[q.qid] = Question(q.qid, q.text, q.image, {**q.meta, "label": label})
+        return [labelled[q.qid] for q in questions]
 
     def score(self, questions, answers, judge=None) -> dict[str, Any]:
         require_answers(self.name, questions, answers)
@@ -113,14 +133,27 @@ def mme_yes_no(text: str) -> str:
     return "yes" if "yes" in text[:4] else "no" if "no" in text[:4] else "other"
 
 
+def mme_prompt(question: str) -> str:
+    """LLaVA's `llava_mme.jsonl` prompt: MME's "Please answer yes or no." dropped, the rest stripped, then the
+    single-word suffix on its own line. Stripping matters for the MME questions that put two spaces before the
+    instruction: their prompt has no space before the newline."""
+    return f"{question.replace(MME_INSTRUCTION, '').strip()}\n{SHORT_ANSWER}"
+
+
+def _mme_question(prompt: str) -> str:
+    return prompt.replace(SHORT_ANSWER, "").replace(MME_INSTRUCTION, "").strip()
+
+
 class MME(Benchmark):
     """MME, read from its own release folder (`<subtask>/*.txt` beside the images, or `images/` +
-    `questions_answers_YN/`). The prompt is LLaVA's `llava_mme.jsonl` swap of " Please answer yes or no." for
-    the single-word suffix; parsing and acc/acc+ are the official `calculation.py`. LLaVA reports Perception."""
+    `questions_answers_YN/`). The prompt is LLaVA's `llava_mme.jsonl` one (`mme_prompt`); parsing, acc/acc+
+    and the totals (summed unrounded) are the official `eval_tool/calculation.py`, which LLaVA runs after
+    `convert_answer_to_mme.py`. LLaVA reports Perception. lmms-eval builds the same prompt."""
 
     name, title, metric, published = "mme", "MME-P", "perception (acc + acc+)", 1531.3
     scale = 2000.0
     dirname = "MME/MME_Benchmark_release_version"
+    llava_answers = {"test": "MME/answers/{model}.jsonl"}
     splits = ("test",)
 
     def load(self) -> list[Question]:
@@ -149,14 +182,21 @@ class MME(Benchmark):
                             f"{txt}:{i + 1}: expected 'question<TAB>Yes|No', got {line!r}"
                         )
                     question, answer = parts[0].strip(), parts[1].strip().lower()
-                    text = question.replace(MME_ORIGINAL_SUFFIX, "\n" + SHORT_ANSWER)
-                    if text == question:
-                        text = f"{question}\n{SHORT_ANSWER}"
+                    text = mme_prompt(question)
                     meta = {"subtask": subtask, "image": images[0].name, "answer": answer}
                     out.append(Question(f"{subtask}/{images[0].name}/{i}", text, images[0], meta))
         if not out:
             raise BenchmarkDataError(f"{self.root}: no MME subtask folders found")
         return out
+
+    def record_key(self, record: Mapping[str, Any], where: str) -> Hashable:
+        """LLaVA's MME answers name `<subtask>/.../<image>` and carry the prompt; like
+        `convert_answer_to_mme.py`, the subtask, the image's stem and the question identify the line."""
+        parts = str(field_of(record, "question_id", where)).split("/")
+        return parts[0], Path(parts[-1]).stem, _mme_question(field_of(record, "prompt", where))
+
+    def match_key(self, question: Question) -> Hashable:
+        return question.meta["subtask"], Path(question.meta["image"]).stem, _mme_question(question.text)
 
     def score(self, questions, answers: Mapping[str, str], judge=None) -> dict[str, Any]:
         require_answers(self.name, questions, answers)
@@ -168,13 +208,11 @@ class MME(Benchmark):
             flat = [c for cs in images.values() for c in cs]
             acc = 100 * sum(flat) / len(flat)
             acc_plus = 100 * sum(all(cs) for cs in images.values()) / len(images)
-            subtasks[task] = {
-                "acc": round(acc, 2),
-                "acc_plus": round(acc_plus, 2),
-                "score": round(acc + acc_plus, 2),
-            }
+            subtasks[task] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus}
+        # `calculation.py` sums the unrounded subtask scores; rounding each first can move the total by 0.01
         perception = sum(s["score"] for t, s in subtasks.items() if t in MME_PERCEPTION)
         cognition = sum(s["score"] for t, s in subtasks.items() if t in MME_COGNITION)
+        subtasks = {t: {k: round(v, 2) for k, v in s.items()} for t, s in subtasks.items()}
         return {
             "score": round(perception, 2),
             "perception": round(perception, 2),
