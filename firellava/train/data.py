@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from firellava.core.chat_format import IGNORE_INDEX, ChatFormatError, encode
+from firellava.core.chat_format import IGNORE_INDEX, ChatFormatError, encode, expand_images
 from firellava.core.io import read_json
 from firellava.core.records import display_id, record_problem
 
@@ -75,14 +75,8 @@ def encode_record(
         enc = encode(turns, tokenizer, template=spec.template, system=spec.system, record_id=where)
     except (ChatFormatError, KeyError, TypeError, AttributeError) as e:
         raise DataError(f"{where}: field 'conversations': {e}") from e
-    input_ids, labels = [], []
-    for tok, lab in zip(enc.input_ids, enc.labels):
-        if tok == spec.image_token_id:
-            input_ids += [tok] * spec.image_seq_length
-            labels += [IGNORE_INDEX] * spec.image_seq_length
-        else:
-            input_ids.append(tok)
-            labels.append(lab)
+    input_ids = expand_images(enc.input_ids, spec.image_token_id, spec.image_seq_length)
+    labels = expand_images(enc.input_ids, spec.image_token_id, spec.image_seq_length, enc.labels)
     truncated = len(input_ids) > spec.max_length
     if truncated:
         if has_image:
