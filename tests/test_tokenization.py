@@ -286,3 +286,32 @@ def test_text_after_the_image_starts_a_word_as_in_llava(llama_tokenizer):
     assert prompt_ids(f"{DEFAULT_SYSTEM} USER: hi", llama_tokenizer) == prompt_ids(
         f"<s>{DEFAULT_SYSTEM} USER: hi", llama_tokenizer
     )
+
+
+def test_a_tokenizer_model_only_checkpoint_loads(tmp_path):
+    """Vicuna-v1.5 ships only `tokenizer.model`: transformers converts it through sentencepiece (a dependency)."""
+    import io
+    import json
+
+    import sentencepiece
+    from transformers import AutoTokenizer
+
+    texts = ["the cat sat on the mat", "a  b   c", "hello world\n\nnew lines", "what colour is it?"] * 50
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        vocab_size=330,
+        model_type="bpe",
+        byte_fallback=True,
+        remove_extra_whitespaces=False,
+        normalization_rule_name="identity",
+        minloglevel=2,
+    )
+    (tmp_path / "tokenizer.model").write_bytes(model.getvalue())
+    config = {"tokenizer_class": "LlamaTokenizer", "legacy": False, "bos_token": "<s>", "eos_token": "</s>"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    spm = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
+    for text in ["the cat", "hello world", "what colour"]:
+        assert tokenizer.tokenize(text) == spm.encode(text, out_type=str)
