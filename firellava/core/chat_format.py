@@ -16,6 +16,8 @@ differently on their own), so role markers inside a message cannot shift a mask.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -215,8 +217,10 @@ def _tokenize(text: str, tokenizer: Any, image_token: str) -> tuple[list[int], l
     bos = tokenizer.bos_token
     had_bos = bool(bos) and text.startswith(bos)
     pos = len(bos) if had_bos else 0
+    # A tokenizer without `<image>` (the model builder adds it) maps the slot to `<unk>`, which no text produces.
     image_id = tokenizer.convert_tokens_to_ids(image_token)
-    chunks = [text[pos:]] if image_id in (None, tokenizer.unk_token_id) else text[pos:].split(image_token)
+    image_id = tokenizer.unk_token_id if image_id is None else image_id
+    chunks = text[pos:].split(image_token)
     ids: list[int] = []
     spans: list[tuple[int, int]] = []
     for k, chunk in enumerate(chunks):
@@ -260,30 +264,25 @@ def encode(
     """`input_ids` (= `prompt_ids` of the rendered conversation) and `labels`.
 
     Labels are IGNORE_INDEX everywhere except on tokens that start inside a supervised segment. A token that
-    starts inside one segment and ends in another cannot be assigned and is refused.
+    spans a prompt and an answer cannot be assigned and is refused.
     """
     bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
     segs = segments(
         turns, template=template, system=system, bos_token=bos, eos_token=eos, record_id=record_id
     )
     text = "".join(seg.text for seg in segs)
-    bounds, supervised, at = [], [], 0
-    for seg in segs:
-        at += len(seg.text)
-        bounds.append(at)
-        supervised.append(seg.supervised)
+    ends = list(itertools.accumulate(len(seg.text) for seg in segs))
     input_ids, spans = _tokenize(text, tokenizer, image_token)
     labels: list[int] = []
-    k = 0
     for tok, (start, end) in zip(input_ids, spans):
-        while k < len(bounds) - 1 and start >= bounds[k]:
-            k += 1
-        if end > bounds[k]:
+        first = min(bisect.bisect_right(ends, start), len(segs) - 1)
+        last = min(bisect.bisect_right(ends, max(start, end - 1)), len(segs) - 1)
+        if segs[first].supervised != segs[last].supervised:
             raise ChatFormatError(
                 f"record {record_id!r}: token {tokenizer.convert_ids_to_tokens(tok)!r} at characters "
                 f"{start}-{end} crosses the boundary between a prompt and an answer"
             )
-        labels.append(tok if supervised[k] else IGNORE_INDEX)
+        labels.append(tok if segs[first].supervised else IGNORE_INDEX)
     return Encoded(input_ids, labels)
 
 
