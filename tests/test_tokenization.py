@@ -315,3 +315,15 @@ def test_a_tokenizer_model_only_checkpoint_loads(tmp_path):
     spm = sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
     for text in ["the cat", "hello world", "what colour"]:
         assert tokenizer.tokenize(text) == spm.encode(text, out_type=str)
+
+
+def test_plain_template_matches_llava_preprocess_plain(llama_tokenizer):
+    """LLaVA's projector pretraining: `<image>` + caption + `\\n`, tokenized by `tokenizer_image_token`, with the
+    BOS and the image slot unsupervised."""
+    reference = _LlavaReference(llama_tokenizer)
+    for caption in ["a red circle", "  two  spaces", "Ünïcode 🦙 café", "line\nbreak"]:
+        turns = [{"from": "human", "value": "Describe.\n<image>"}, {"from": "gpt", "value": caption}]
+        enc = encode(turns, llama_tokenizer, template="plain")
+        ids = reference.ids(IMAGE_TOKEN + caption + "\n")
+        assert enc.input_ids == ids
+        assert enc.labels == [IGNORE_INDEX] * 2 + ids[2:]
