@@ -1,4 +1,4 @@
-"""The one chat format: exact strings, masks built segment by segment, and Python == Jinja rendering."""
+"""The one chat format: exact strings, masks from character offsets, and Python == Jinja rendering."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_multi_turn_masks_only_answers_and_eos(tokenizer):
     assert supervised_text(tokenizer, enc) == " red</s> two shapes</s>"
     assert enc.input_ids.count(tokenizer.convert_tokens_to_ids("<image>")) == 1
     assert enc.labels[0] == IGNORE_INDEX  # BOS
-    # Segment-wise ids equal the ids of the whole rendered string: no boundary drift.
+    # Training ids are the inference ids of the whole rendered string (BOS added by the tokenizer).
     whole = tokenizer(render(record), add_special_tokens=False).input_ids
     assert enc.input_ids == whole
 
