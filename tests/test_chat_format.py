@@ -50,7 +50,7 @@ def test_multi_turn_masks_only_answers_and_eos(tokenizer):
     assert supervised_text(tokenizer, enc) == " red</s> two shapes</s>"
     assert enc.input_ids.count(tokenizer.convert_tokens_to_ids("<image>")) == 1
     assert enc.labels[0] == IGNORE_INDEX  # BOS
-    # Training ids are the inference ids of the whole rendered string (BOS added by the tokenizer).
+    # The toy byte-level tokenizer cuts nowhere differently: the ids equal a plain whole-string tokenization.
     whole = tokenizer(render(record), add_special_tokens=False).input_ids
     assert enc.input_ids == whole
 
