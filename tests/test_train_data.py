@@ -238,3 +238,19 @@ def test_batch_plan_and_local_rank():
         batch_plan(100, 16, 8)
     assert consume_local_rank(["w", "--local_rank=1", "a=b"]) == ["w", "a=b"]
     assert consume_local_rank(["w", "--local_rank", "0", "x=y"]) == ["w", "x=y"]
+
+
+def test_records_longer_than_max_length_are_named_before_training(tmp_path, tiny_llava, caplog):
+    model, processor = tiny_llava
+    records = [
+        {"id": "fits", "image": "a.png", "conversations": conv("<image>\nQ?", "A.")},
+        {"id": "long", "image": "a.png", "conversations": conv("<image>\nQ?", "A long answer " * 20)},
+    ]
+    path, folder = write_world(tmp_path, records)
+    probe = EncodingSpec("vicuna_v1", 10_000, model.config.image_token_id, model.config.image_seq_length)
+    fits = len(encode_record(records[0], processor.tokenizer, probe, "fits")[0])
+    with caplog.at_level("WARNING"):
+        ds = dataset(tiny_llava, path, folder, max_length=fits + 3)
+    assert ds.ids == ["fits", "long"] and ds.report.truncated == ["long"]
+    assert ds.report.as_dict()["truncated"] == 1 and ds.report.as_dict()["truncated_ids"] == ["long"]
+    assert "1 kept record(s)" in caplog.text and "['long']" in caplog.text

@@ -4,15 +4,20 @@ Everything that turns a conversation into a prompt goes through this module: tra
 `labels` from it, and the same template ships as the processor's Jinja `chat_template`, which eval and serve use.
 `tests/test_chat_format.py` proves that the Python and the Jinja renderings are identical.
 
-Training never re-tokenizes a whole conversation and counts tokens to find the answers (LLaVA's count-based
-masking silently zeroes multi-turn samples with a fast tokenizer). Instead each segment of the rendering is
-tokenized on its own and the id lists are concatenated; a segment knows whether it is supervised. Segments are
-cut where the pre-tokenizer cuts anyway (before a space or at a special token), so the concatenation equals the
-tokenization of the whole rendered string for the project's tokenizers.
+Text becomes token ids in one place, `prompt_ids`, for training and for every inference path alike: a leading
+`<s>` in the rendered text is dropped and the tokenizer adds BOS itself, and the text is cut at each `<image>`
+and every piece tokenized as a string of its own, as LLaVA-1.5's `tokenizer_image_token` does (with a
+SentencePiece tokenizer the text after an image then starts with the word-boundary `▁`, exactly as in LLaVA's
+training). Training tokenizes the whole rendered conversation once that way and takes its labels from character
+offsets: a token is supervised when it starts inside an answer (or its `</s>`). It never counts tokens of
+separately tokenized rounds (LLaVA's count-based masking silently zeroes samples whose rounds tokenize
+differently on their own), so role markers inside a message cannot shift a mask.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -100,11 +105,12 @@ def to_messages(turns: Sequence[Mapping[str, Any]], record_id: str = "?") -> lis
 
 
 def _image_first(text: str) -> str:
-    """LLaVA-1.5 always moves the image to the front of its turn: `<image>\\n` + the rest, stripped."""
+    """LLaVA-1.5 always moves the image to the front of its turn: `<image>\\n` + the rest, all stripped (so an
+    image-only question is just `<image>`)."""
     n = text.count(IMAGE_TOKEN)
     if n == 0:
         return text
-    return IMAGE_TOKEN * n + "\n" + text.replace(IMAGE_TOKEN, "").strip()
+    return (IMAGE_TOKEN * n + "\n" + text.replace(IMAGE_TOKEN, "").strip()).strip()
 
 
 def _split_system(messages: Sequence[Message], system: str | None, where: str) -> tuple[str, list[Message]]:
@@ -130,6 +136,9 @@ def _check_turns(messages: Sequence[Message], where: str, forbidden: Sequence[st
                 raise ChatFormatError(f"{where}, turn {i}: message contains the template marker {marker!r}")
         if m.role == "assistant" and IMAGE_TOKEN in m.text:
             raise ChatFormatError(f"{where}, turn {i}: an assistant message contains {IMAGE_TOKEN!r}")
+        if m.role == "assistant" and not m.text.strip():
+            # An empty answer would train the model to answer with a bare space and `</s>`.
+            raise ChatFormatError(f"{where}, turn {i}: an assistant message is empty")
 
 
 # ----------------------------------------------------------------------------------------------- rendering
@@ -195,6 +204,54 @@ def _plain_segments(messages: Sequence[Message], where: str, bos_token: str) -> 
 # ----------------------------------------------------------------------------------------------- tokens
 
 
+def prompt_ids(text: str, tokenizer: Any, image_token: str = IMAGE_TOKEN) -> list[int]:
+    """The token ids of a rendered prompt, as training computes them: THE way text becomes ids.
+
+    Each `<image>` stays one placeholder id (`expand_images` widens it to the vision tower's patch count).
+    """
+    return _tokenize(text, tokenizer, image_token)[0]
+
+
+def _tokenize(text: str, tokenizer: Any, image_token: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and each id's (start, end) character span in `text` (BOS and the image slots included)."""
+    bos = tokenizer.bos_token
+    had_bos = bool(bos) and text.startswith(bos)
+    pos = len(bos) if had_bos else 0
+    # A tokenizer without `<image>` (the model builder adds it) maps the slot to `<unk>`, which no text produces.
+    image_id = tokenizer.convert_tokens_to_ids(image_token)
+    image_id = tokenizer.unk_token_id if image_id is None else image_id
+    chunks = text[pos:].split(image_token)
+    ids: list[int] = []
+    spans: list[tuple[int, int]] = []
+    for k, chunk in enumerate(chunks):
+        if k:
+            ids.append(image_id)
+            spans.append((pos, pos + len(image_token)))
+            pos += len(image_token)
+        if chunk or not k:
+            # Only the first piece gets the tokenizer's BOS, as in LLaVA's `tokenizer_image_token`.
+            enc = tokenizer(chunk, add_special_tokens=not k, return_offsets_mapping=True)
+            ids += enc["input_ids"]
+            spans += [(pos + a, pos + b) for a, b in enc["offset_mapping"]]
+        pos += len(chunk)
+    if had_bos and (not ids or ids[0] != tokenizer.bos_token_id):
+        # A tokenizer that adds no BOS of its own still gets the one the rendered text asks for.
+        ids.insert(0, tokenizer.bos_token_id)
+        spans.insert(0, (0, len(bos)))
+    return ids, spans
+
+
+def expand_images(
+    ids: Sequence[int], image_id: int, copies: int, values: Sequence[int] | None = None
+) -> list[int]:
+    """`values` (default: the ids themselves) with the value at each image placeholder repeated `copies` times,
+    the number of vision features one image occupies."""
+    out: list[int] = []
+    for tok, value in zip(ids, ids if values is None else values):
+        out += [value] * (copies if tok == image_id else 1)
+    return out
+
+
 def encode(
     turns: Sequence[Mapping[str, Any]] | Sequence[Message],
     tokenizer: Any,
@@ -204,40 +261,29 @@ def encode(
     record_id: str = "?",
     image_token: str = IMAGE_TOKEN,
 ) -> Encoded:
-    """`input_ids` and `labels` built segment by segment from token ids.
+    """`input_ids` (= `prompt_ids` of the rendered conversation) and `labels`.
 
-    Each `<image>` stays one placeholder id (the model expands it to the vision tower's patch count).
-    Labels are IGNORE_INDEX everywhere except on supervised segments.
+    Labels are IGNORE_INDEX everywhere except on tokens that start inside a supervised segment. A token that
+    spans a prompt and an answer cannot be assigned and is refused.
     """
-    image_id = tokenizer.convert_tokens_to_ids(image_token)
-    bos, eos = tokenizer.bos_token, tokenizer.eos_token
-    specials = {bos: tokenizer.bos_token_id, eos: tokenizer.eos_token_id, image_token: image_id}
-    input_ids: list[int] = []
-    labels: list[int] = []
-    for seg in segments(
+    bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
+    segs = segments(
         turns, template=template, system=system, bos_token=bos, eos_token=eos, record_id=record_id
-    ):
-        ids = _tokenize_segment(seg.text, tokenizer, specials)
-        input_ids += ids
-        labels += ids if seg.supervised else [IGNORE_INDEX] * len(ids)
+    )
+    text = "".join(seg.text for seg in segs)
+    ends = list(itertools.accumulate(len(seg.text) for seg in segs))
+    input_ids, spans = _tokenize(text, tokenizer, image_token)
+    labels: list[int] = []
+    for tok, (start, end) in zip(input_ids, spans):
+        first = min(bisect.bisect_right(ends, start), len(segs) - 1)
+        last = min(bisect.bisect_right(ends, max(start, end - 1)), len(segs) - 1)
+        if segs[first].supervised != segs[last].supervised:
+            raise ChatFormatError(
+                f"record {record_id!r}: token {tokenizer.convert_ids_to_tokens(tok)!r} at characters "
+                f"{start}-{end} crosses the boundary between a prompt and an answer"
+            )
+        labels.append(tok if segs[first].supervised else IGNORE_INDEX)
     return Encoded(input_ids, labels)
-
-
-def _tokenize_segment(text: str, tokenizer: Any, specials: Mapping[str, int]) -> list[int]:
-    """Token ids of one segment; the template's own markers map to their ids, everything else is plain text."""
-    ids: list[int] = []
-    buf = text
-    while buf:
-        hits = [(buf.find(tok), tok) for tok in specials if tok and tok in buf]
-        if not hits:
-            ids += tokenizer.encode(buf, add_special_tokens=False)
-            break
-        pos, tok = min(hits)
-        if pos:
-            ids += tokenizer.encode(buf[:pos], add_special_tokens=False)
-        ids.append(specials[tok])
-        buf = buf[pos + len(tok) :]
-    return ids
 
 
 # ----------------------------------------------------------------------------------------------- Jinja
@@ -272,7 +318,10 @@ CHAT_TEMPLATE = (
     "{{- raise_exception('A message contains the template marker ' + eos_token + ' or ' + bos_token) -}}"
     "{%- endif -%}"
     "{%- if ns.images > 0 -%}"
-    "{%- set ns.text = image_token * ns.images + '\\n' + ns.text.replace(image_token, '') | trim -%}"
+    "{%- set ns.text = (image_token * ns.images + '\\n' + (ns.text.replace(image_token, '') | trim)) | trim -%}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'assistant' and not ns.text | trim -%}"
+    "{{- raise_exception('An assistant message is empty') -}}"
     "{%- endif -%}"
     "{%- if message['role'] == 'user' -%}{{- 'USER: ' + ns.text + ' ' -}}"
     "{%- else -%}{{- 'ASSISTANT: ' + ns.text + eos_token -}}{%- endif -%}"

@@ -27,6 +27,7 @@ from transformers.models.llava.image_processing_pil_llava import LlavaImageProce
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from firellava.core.chat_format import CHAT_TEMPLATE, IMAGE_TOKEN
+from firellava.core.tokenization import check_whitespace
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ def build_llava(spec: ModelSpec) -> tuple[LlavaForConditionalGeneration, LlavaPr
     """Assemble the model from its parts; the projector is freshly initialised (pretraining trains it)."""
     dtype = getattr(torch, spec.dtype)
     tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or spec.llm)
+    check_whitespace(tokenizer, spec.tokenizer or spec.llm)
     vision = CLIPVisionModel.from_pretrained(spec.vision_tower, dtype=dtype)
     llm = AutoModelForCausalLM.from_pretrained(spec.llm, dtype=dtype)
     processor = build_processor(

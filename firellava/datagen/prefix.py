@@ -6,14 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from firellava.core import chat_format
 from firellava.engines import Prompt
 
 
 def prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
-    ids = tokenizer.apply_chat_template(list(prompt.messages), add_generation_prompt=True, tokenize=True)
-    if isinstance(ids, Mapping) or hasattr(ids, "input_ids"):  # BatchEncoding in newer transformers
-        ids = ids["input_ids"]
-    return list(ids)
+    """The ids the engines feed the teacher: its chat template rendered, then the chat format's `prompt_ids`."""
+    text = tokenizer.apply_chat_template(list(prompt.messages), add_generation_prompt=True, tokenize=False)
+    return chat_format.prompt_ids(text, tokenizer)
 
 
 def common_prefix(seqs: Sequence[Sequence[int]]) -> int:

@@ -16,6 +16,7 @@ from transformers import (
     TextIteratorStreamer,
 )
 
+from firellava.core.chat_format import IMAGE_TOKEN, expand_images, prompt_ids
 from firellava.engines.base import Generation, Prompt, SamplingParams
 
 
@@ -59,44 +60,39 @@ class TransformersEngine:
         return owner.apply_chat_template(list(prompt.messages), add_generation_prompt=True, tokenize=False)
 
     def _encode(self, texts: list[str], images: list) -> dict[str, torch.Tensor]:
-        bos = self.tokenizer.bos_token
-        # Templates that already start with BOS must not get a second one.
-        add_special = not (bos and all(t.startswith(bos) for t in texts))
-        self.tokenizer.padding_side = "left"
-        try:
-            if self.multimodal and images:
-                batch = self.processor(
-                    text=texts,
-                    images=images,
-                    return_tensors="pt",
-                    padding=True,
-                    add_special_tokens=add_special,
+        """Left-padded ids through the chat format's `prompt_ids` (the ids training computes for the same text),
+        each `<image>` widened to the model's image tokens, and the image processor's pixel values."""
+        rows = [prompt_ids(t, self.tokenizer) for t in texts]
+        batch: dict[str, torch.Tensor] = {}
+        if self.multimodal:
+            image_id = self.model.config.image_token_id
+            slots = sum(row.count(image_id) for row in rows)
+            if slots != len(images):
+                raise ValueError(
+                    f"{slots} {IMAGE_TOKEN} placeholder(s) in the prompts but {len(images)} image(s)"
                 )
-            else:
-                batch = self.tokenizer(
-                    texts, return_tensors="pt", padding=True, add_special_tokens=add_special
-                )
-        finally:
-            self.tokenizer.padding_side = "right"
+            copies = self.model.config.image_seq_length
+            rows = [expand_images(row, image_id, copies) for row in rows]
+            if images:
+                pixels = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+                batch["pixel_values"] = pixels.to(self.model.dtype)
+        width = max(len(row) for row in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row) :] = 1
+        batch.update(input_ids=ids, attention_mask=mask)
         return {k: v.to(self.device) for k, v in batch.items()}
 
     # ------------------------------------------------------------------------------------------------ generate
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
-        # A batch is encoded with one add_special_tokens choice, so prompts that already start with BOS and
-        # prompts that need one never share a batch (one group would get a double or a missing BOS).
-        bos = self.tokenizer.bos_token
-        groups: dict[bool, list[int]] = {}
-        for i, p in enumerate(prompts):
-            groups.setdefault(bool(bos) and self.render(p).startswith(bos), []).append(i)
-        out: list[Generation | None] = [None] * len(prompts)
-        for indexes in groups.values():
-            for start in range(0, len(indexes), self.batch_size):
-                chunk = indexes[start : start + self.batch_size]
-                for i, g in zip(chunk, self._generate_batch([prompts[i] for i in chunk], params)):
-                    out[i] = g
-        return out  # type: ignore[return-value]
+        out: list[Generation] = []
+        for start in range(0, len(prompts), self.batch_size):
+            out += self._generate_batch(prompts[start : start + self.batch_size], params)
+        return out
 
     def stream(self, prompt: Prompt, params: SamplingParams) -> Generator[str, None, Generation]:
         """Yield text pieces as tokens are generated; the generator's return value is the final `Generation`.

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from firellava.core.chat_format import prompt_ids
 from firellava.engines.base import Generation, Prompt, SamplingParams
 
 
@@ -41,14 +42,9 @@ def sampling_params(params: SamplingParams, **extra: Any) -> Any:
 
 
 def text_input(prompt: Prompt, tokenizer: Any) -> dict[str, Any]:
-    """A raw text prompt (and its images) as a vLLM input; one that already starts with BOS as token ids."""
-    text = prompt.text or ""
-    bos = tokenizer.bos_token
-    item: dict[str, Any]
-    if bos and text.startswith(bos):
-        item = {"prompt_token_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
-    else:
-        item = {"prompt": text}
+    """A raw text prompt (and its images) as a vLLM input: the token ids training computes for the same text
+    (`chat_format.prompt_ids`), each `<image>` one placeholder that vLLM widens to the image's features."""
+    item: dict[str, Any] = {"prompt_token_ids": prompt_ids(prompt.text or "", tokenizer)}
     if prompt.images:
         item["multi_modal_data"] = {"image": list(prompt.images)}
     return item

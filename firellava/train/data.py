@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from firellava.core.chat_format import IGNORE_INDEX, ChatFormatError, encode
+from firellava.core.chat_format import IGNORE_INDEX, ChatFormatError, encode, expand_images
 from firellava.core.io import read_json
 from firellava.core.records import display_id, record_problem
 
@@ -47,7 +47,7 @@ class ScanReport:
     records: int = 0
     kept: int = 0
     with_image: int = 0
-    truncated: int = 0
+    truncated: list[str] = field(default_factory=list)  # longer than max_length after image expansion
     fully_masked: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -55,7 +55,8 @@ class ScanReport:
             "records": self.records,
             "kept": self.kept,
             "with_image": self.with_image,
-            "truncated": self.truncated,
+            "truncated": len(self.truncated),
+            "truncated_ids": self.truncated[:MAX_ERRORS_SHOWN],
             "fully_masked": len(self.fully_masked),
         }
 
@@ -75,14 +76,8 @@ def encode_record(
         enc = encode(turns, tokenizer, template=spec.template, system=spec.system, record_id=where)
     except (ChatFormatError, KeyError, TypeError, AttributeError) as e:
         raise DataError(f"{where}: field 'conversations': {e}") from e
-    input_ids, labels = [], []
-    for tok, lab in zip(enc.input_ids, enc.labels):
-        if tok == spec.image_token_id:
-            input_ids += [tok] * spec.image_seq_length
-            labels += [IGNORE_INDEX] * spec.image_seq_length
-        else:
-            input_ids.append(tok)
-            labels.append(lab)
+    input_ids = expand_images(enc.input_ids, spec.image_token_id, spec.image_seq_length)
+    labels = expand_images(enc.input_ids, spec.image_token_id, spec.image_seq_length, enc.labels)
     truncated = len(input_ids) > spec.max_length
     if truncated:
         if has_image:
@@ -153,7 +148,8 @@ class LlavaDataset(torch.utils.data.Dataset):
             if all(label == IGNORE_INDEX for label in labels):
                 report.fully_masked.append(display_id(record, index))
                 continue
-            report.truncated += truncated
+            if truncated:
+                report.truncated.append(display_id(record, index))
             report.with_image += "image" in record
             self.records.append(record)
             self.ids.append(display_id(record, index))
@@ -175,6 +171,16 @@ class LlavaDataset(torch.utils.data.Dataset):
                 self.spec.max_length,
                 report.fully_masked[:MAX_ERRORS_SHOWN],
             )
+        if report.truncated:
+            # Named before any step: a record cut on one rank only is how multi-node LLaVA runs hang.
+            log.warning(
+                "%d kept record(s) of %s are longer than max_length %d after image expansion and are cut at "
+                "the end: %s",
+                len(report.truncated),
+                self.data_json,
+                self.spec.max_length,
+                report.truncated[:MAX_ERRORS_SHOWN],
+            )
         report.kept = len(self.records)
         if not self.records:
             raise DataError(f"{self.data_json}: no trainable record (of {len(records)})")
@@ -184,7 +190,7 @@ class LlavaDataset(torch.utils.data.Dataset):
             report.records,
             report.kept,
             report.with_image,
-            report.truncated,
+            len(report.truncated),
             len(report.fully_masked),
             time.perf_counter() - start,
         )
