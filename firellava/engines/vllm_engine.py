@@ -1,6 +1,8 @@
-"""vLLM backend (GPU): offline batch inference (`VLLMEngine`, behind the one engine interface) and the async
+"""vLLM backend (GPU, or CPU with vLLM's CPU build): offline batch inference (`VLLMEngine`, behind the one engine interface) and the async
 engine the server runs (`AsyncVLLMEngine`). Both build their inputs, sampling and engine arguments with the same
-functions below; vllm is imported only when an engine is built, so CPU machines never need it.
+functions below; vllm is imported only when an engine is built (after `vllm_environment()`), so machines without
+it never need it. Both engines hold an engine core: `close()` shuts it down (one alive at interpreter exit can
+hang the process), and each is a context manager.
 
 Chat prompts go through `LLM.chat` (the checkpoint's own chat template, one BOS); a raw text prompt that already
 starts with BOS is passed as token ids, because generating from the text would add a second one (vllm#2012). The
@@ -10,20 +12,53 @@ prompt prefixes.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from firellava.engines.base import Generation, Prompt, SamplingParams
 
+# Set before vllm is imported, wherever the project starts it: no usage report leaves the machine, and a
+# single-node engine talks to itself over loopback rather than over the first external interface.
+PRIVATE_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+LOCAL_ENV = {"VLLM_HOST_IP": "127.0.0.1"}
+# vLLM's CPU build only: pinning OpenMP threads to cores fights with other processes on a shared machine.
+CPU_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
-def engine_args(options: Mapping[str, Any]) -> dict[str, Any]:
+
+def vllm_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment vLLM runs in (`os.environ` unless `env` is given, changed in place): the privacy variables
+    always, the others unless already set."""
+    env = os.environ if env is None else env
+    env.update(PRIVATE_ENV)
+    for key, value in {**LOCAL_ENV, **CPU_ENV}.items():
+        env.setdefault(key, value)
+    return env
+
+
+def engine_args(options: Mapping[str, Any], cuda: bool | None = None) -> dict[str, Any]:
     """An engine spec's options in vLLM's names, for `vllm.LLM` and `AsyncEngineArgs` alike: the project's
-    `batch_size` (sequences decoded together) is vLLM's `max_num_seqs`; `device` means nothing to vLLM."""
+    `batch_size` (sequences decoded together) is vLLM's `max_num_seqs`; `device` means nothing to vLLM.
+
+    Without CUDA (vLLM's CPU build) the GPU settings give way: `gpu_memory_utilization` would be a share of host
+    RAM, so the KV cache gets `cpu_kv_cache_bytes` instead; tensor parallelism would start more engine processes
+    than a CPU run uses; and CUDA-graph capture / compilation is skipped (`enforce_eager`)."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
     args = dict(options)
     args.pop("device", None)
+    cpu_kv_cache_bytes = args.pop("cpu_kv_cache_bytes", None)
     if "batch_size" in args:
         args["max_num_seqs"] = args.pop("batch_size")
+    if not cuda:
+        args.pop("gpu_memory_utilization", None)
+        args.pop("tensor_parallel_size", None)
+        if cpu_kv_cache_bytes is not None:
+            args.setdefault("kv_cache_memory_bytes", int(cpu_kv_cache_bytes))
+        args.setdefault("enforce_eager", True)
     return args
 
 
@@ -41,7 +76,8 @@ def sampling_params(params: SamplingParams, **extra: Any) -> Any:
 
 
 def text_input(prompt: Prompt, tokenizer: Any) -> dict[str, Any]:
-    """A raw text prompt (and its images) as a vLLM input; one that already starts with BOS as token ids."""
+    """A raw text prompt (and its images) as a vLLM input; one that already starts with BOS as token ids, since
+    vLLM's tokenization would add a second one."""
     text = prompt.text or ""
     bos = tokenizer.bos_token
     item: dict[str, Any]
@@ -73,13 +109,31 @@ def _finish(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
-class VLLMEngine:
+class _Closing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class VLLMEngine(_Closing):
     def __init__(self, model: str, model_name: str | None = None, **options: Any) -> None:
+        vllm_environment()
         from vllm import LLM
 
         self.model_name = model_name or model
         self.llm = LLM(model=model, **engine_args(options))
         self.tokenizer = self.llm.get_tokenizer()
+
+    def close(self) -> None:
+        """Shut the engine core down (idempotent)."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
         sampling = sampling_params(params)
@@ -107,7 +161,7 @@ class VLLMEngine:
         return results
 
 
-class AsyncVLLMEngine:
+class AsyncVLLMEngine(_Closing):
     """vLLM's AsyncLLM behind the server's engine interface (`firellava.serve.engines.ServeEngine`). The server
     renders the prompt with the checkpoint's own chat template (loaded with transformers, as the CPU engine does)
     and sends text plus decoded images; vLLM's own chat parsing helpers change signature between releases."""
@@ -115,6 +169,7 @@ class AsyncVLLMEngine:
     def __init__(
         self, model: str, model_name: str | None = None, max_images_per_prompt: int = 1, **options: Any
     ) -> None:
+        vllm_environment()
         from transformers import AutoConfig, AutoProcessor
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM

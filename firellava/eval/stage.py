@@ -87,7 +87,18 @@ def _sample_rows(questions: list[Question], cache: AnswerCache, reviews: dict[st
 
 def evaluate(spec: EvalSpec, engine: EngineSpec, judge_engine: EngineSpec, out_dir: Path) -> dict[str, Any]:
     """Answer, score and report every benchmark of `spec`: the checkpoint runs as `engine` says, a named judge
-    model as `judge_engine` (whose sampling the judge uses either way)."""
+    model as `judge_engine` (whose sampling the judge uses either way). Every engine built is closed at the end."""
+    opened: list[LazyEngine] = []
+    try:
+        return _evaluate(spec, engine, judge_engine, out_dir, opened)
+    finally:
+        for model in opened:
+            model.close()
+
+
+def _evaluate(
+    spec: EvalSpec, engine: EngineSpec, judge_engine: EngineSpec, out_dir: Path, opened: list[LazyEngine]
+) -> dict[str, Any]:
     start = time.perf_counter()
     out_dir = Path(out_dir).resolve()
     checkpoint, data_root = Path(spec.checkpoint), Path(spec.data_root)
@@ -101,6 +112,7 @@ def evaluate(spec: EvalSpec, engine: EngineSpec, judge_engine: EngineSpec, out_d
 
     # the evaluated model, loaded on first need: a rerun with every answer and review cached never loads it
     model = LazyEngine(model_id, lambda: build_engine(engine, str(checkpoint), model_id))
+    opened.append(model)
     generated = 0
     if spec.generate:
         for b in benches:
@@ -119,6 +131,7 @@ def evaluate(spec: EvalSpec, engine: EngineSpec, judge_engine: EngineSpec, out_d
             judge_model = LazyEngine(
                 js.model_name, lambda: build_engine(judge_engine, js.model, js.model_name)
             )
+            opened.append(judge_model)
         judge = Judge(judge_model, judge_engine.sampling)
 
     results: dict[str, dict[str, Any]] = {}
