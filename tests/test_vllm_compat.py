@@ -18,8 +18,8 @@ SPEC = {
 }
 
 
-def test_engine_args_on_gpu_keep_the_gpu_settings():
-    assert engine_args(SPEC, cuda=True) == {
+def test_engine_args_keep_the_gpu_settings():
+    assert engine_args(SPEC) == {
         "tensor_parallel_size": 2,
         "gpu_memory_utilization": 0.9,
         "dtype": "bfloat16",
@@ -28,13 +28,13 @@ def test_engine_args_on_gpu_keep_the_gpu_settings():
 
 
 def test_engine_args_on_cpu_size_the_kv_cache_in_bytes():
-    assert engine_args(SPEC, cuda=False) == {
+    assert engine_args(SPEC, cpu=True) == {
         "kv_cache_memory_bytes": 1 << 30,
         "dtype": "bfloat16",
         "max_num_seqs": 8,
         "enforce_eager": True,
     }
-    assert engine_args({**SPEC, "enforce_eager": False}, cuda=False)["enforce_eager"] is False
+    assert engine_args({**SPEC, "enforce_eager": False}, cpu=True)["enforce_eager"] is False
 
 
 def test_environment_never_phones_home():

@@ -37,29 +37,34 @@ def vllm_environment(env: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def engine_args(options: Mapping[str, Any], cuda: bool | None = None) -> dict[str, Any]:
+def engine_args(options: Mapping[str, Any], cpu: bool = False) -> dict[str, Any]:
     """An engine spec's options in vLLM's names, for `vllm.LLM` and `AsyncEngineArgs` alike: the project's
     `batch_size` (sequences decoded together) is vLLM's `max_num_seqs`; `device` means nothing to vLLM.
 
-    Without CUDA (vLLM's CPU build) the GPU settings give way: `gpu_memory_utilization` would be a share of host
-    RAM, so the KV cache gets `cpu_kv_cache_bytes` instead; tensor parallelism would start more engine processes
-    than a CPU run uses; and CUDA-graph capture / compilation is skipped (`enforce_eager`)."""
-    if cuda is None:
-        import torch
-
-        cuda = torch.cuda.is_available()
+    On vLLM's CPU build (`cpu`) the GPU settings give way: `gpu_memory_utilization` would be a share of host RAM,
+    so the KV cache gets `cpu_kv_cache_bytes` instead; tensor parallelism would start more engine processes than
+    a CPU run uses; and compilation is skipped (`enforce_eager`) unless the options ask for it."""
     args = dict(options)
     args.pop("device", None)
     cpu_kv_cache_bytes = args.pop("cpu_kv_cache_bytes", None)
     if "batch_size" in args:
         args["max_num_seqs"] = args.pop("batch_size")
-    if not cuda:
+    if cpu:
         args.pop("gpu_memory_utilization", None)
         args.pop("tensor_parallel_size", None)
         if cpu_kv_cache_bytes is not None:
             args.setdefault("kv_cache_memory_bytes", int(cpu_kv_cache_bytes))
         args.setdefault("enforce_eager", True)
     return args
+
+
+def on_cpu() -> bool:
+    """Whether the installed vLLM runs on CPU (its CPU build), whatever accelerator the machine has."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return False
+    return bool(getattr(current_platform, "is_cpu", lambda: False)())
 
 
 def sampling_params(params: SamplingParams, **extra: Any) -> Any:
@@ -126,7 +131,7 @@ class VLLMEngine(_Closing):
         from vllm import LLM
 
         self.model_name = model_name or model
-        self.llm = LLM(model=model, **engine_args(options))
+        self.llm = LLM(model=model, **engine_args(options, cpu=on_cpu()))
         self.tokenizer = self.llm.get_tokenizer()
 
     def close(self) -> None:
@@ -180,7 +185,9 @@ class AsyncVLLMEngine(_Closing):
         config = AutoConfig.from_pretrained(model)
         self.image_tokens = int(getattr(config, "image_seq_length", 0) or 0)
         args = AsyncEngineArgs(
-            model=model, limit_mm_per_prompt={"image": max_images_per_prompt}, **engine_args(options)
+            model=model,
+            limit_mm_per_prompt={"image": max_images_per_prompt},
+            **engine_args(options, cpu=on_cpu()),
         )
         self.engine = AsyncLLM.from_engine_args(args)
         self.max_model_len = self.engine.model_config.max_model_len
