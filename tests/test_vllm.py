@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -114,6 +115,15 @@ def test_one_bos_in_vllm_prompts(vllm_llava):
 # ------------------------------------------------------------------------------------------------ datagen
 
 
+def demo_engine(consumer: str, *overrides: str) -> EngineSpec:
+    """engine.<consumer> of the demo with engine/<consumer>=vllm: the project's vLLM defaults, here on CPU."""
+    from firellava.config import build
+    from tests.conftest import compose_config
+
+    cfg = compose_config("experiment=demo", f"engine/{consumer}=vllm", *overrides)
+    return build(cfg.engine[consumer])
+
+
 def test_datagen_through_the_vllm_engine(toy_world, tmp_path):
     """The toy teacher in vLLM's offline batch engine (prefix caching on): the whole stage, and the chat prompt
     fed with the template's one BOS."""
@@ -123,11 +133,13 @@ def test_datagen_through_the_vllm_engine(toy_world, tmp_path):
     from firellava.datagen.stage import DatagenSpec, Sources, Teacher, generate_dataset
 
     teacher = toy_world["models"]["teacher"]
-    options = {**OPTIONS, "max_model_len": 1024, "enable_prefix_caching": True}
+    # the demo's engine.teacher with engine/teacher=vllm, as `make demo-vllm` runs it
+    spec = demo_engine("teacher")
+    assert spec.options["enable_prefix_caching"] and spec.options["max_model_len"] == 1024
     built = []
 
     def factory():
-        engine = build_engine(EngineSpec("vllm", options), teacher, "toy-teacher")
+        engine = build_engine(spec, teacher, "toy-teacher")
         assert engine.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
         built.append(engine)
         return engine
@@ -154,7 +166,7 @@ def test_datagen_through_the_vllm_engine(toy_world, tmp_path):
     ids = tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
     assert ids.count(tok.bos_token_id) == 1
-    with build_engine(EngineSpec("vllm", options), teacher) as engine:
+    with build_engine(spec, teacher) as engine:
         gen = engine.generate([Prompt(messages=messages)], SamplingParams(max_tokens=4))[0]
     assert gen.prompt_tokens == len(ids)
 
@@ -165,8 +177,6 @@ EVAL_BENCHMARKS = ["gqa", "pope", "mmbench", "llava_bench"]
 
 
 def run_eval(llava_dir, data_root, out, engine):
-    from dataclasses import replace
-
     from firellava.eval.stage import EvalSpec, evaluate
 
     spec = EvalSpec(
@@ -182,11 +192,22 @@ def run_eval(llava_dir, data_root, out, engine):
     return evaluate(spec, engine, judge, out)
 
 
+def trim_dangling(value):
+    """Every string without trailing U+FFFD, in nested lists and dicts."""
+    if isinstance(value, str):
+        return value.rstrip("\ufffd")
+    if isinstance(value, list):
+        return [trim_dangling(v) for v in value]
+    if isinstance(value, dict):
+        return {k: trim_dangling(v) for k, v in value.items()}
+    return value
+
+
 def test_eval_through_the_vllm_engine(llava_dir, toy_world, tmp_path):
     """The production eval path on the toy LLaVA: vLLM answers what transformers answers (greedy, fp32)."""
     data_root = Path(toy_world["dir"]) / "data" / "eval"
     greedy = SamplingParams(temperature=0.0)
-    vllm_spec = EngineSpec("vllm", {**OPTIONS, "max_model_len": 1024}, greedy)
+    vllm_spec = replace(demo_engine("eval", "engine.eval.options.dtype=float32"), sampling=greedy)
     got = run_eval(llava_dir, data_root, tmp_path / "vllm", vllm_spec)
     want = run_eval(
         llava_dir, data_root, tmp_path / "hf", EngineSpec("transformers", {"batch_size": 4}, greedy)
@@ -199,9 +220,7 @@ def test_eval_through_the_vllm_engine(llava_dir, toy_world, tmp_path):
         ]
         # A random model may stop inside a multi-byte character: the detokenizers render the dangling bytes
         # differently (vLLM as U+FFFD), the tokens are the same.
-        for row in (r for rs in rows for r in rs):
-            row["answer"] = row["answer"].rstrip("\ufffd")
-        assert rows[0] == rows[1], name
+        assert trim_dangling(rows[0]) == trim_dangling(rows[1]), name
 
 
 # ------------------------------------------------------------------------------------------------ servers
@@ -242,12 +261,12 @@ def test_project_server_answers_the_openai_client(llava_dir, reference, backend)
     from firellava.serve.process import ServerProcess
     from firellava.serve.settings import Limits, ServerSettings
 
-    options = OPTIONS if backend == "vllm" else {"batch_size": 4}
+    engine = demo_engine("serve", "engine.serve.options.dtype=float32") if backend == "vllm" else None
     settings = ServerSettings(
         model=llava_dir,
         model_name=NAME,
         port=free_port(),
-        engine=EngineSpec(backend, options),
+        engine=engine or EngineSpec(backend, {"batch_size": 4}),
         limits=Limits(default_temperature=0.0),
         log_level="warning",
     )
