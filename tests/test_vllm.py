@@ -144,9 +144,10 @@ def test_datagen_through_the_vllm_engine(toy_world, tmp_path):
         built.append(engine)
         return engine
 
-    counts = {"conversation": 3, "detail": 2, "complex_reasoning": 3}
+    counts = {"conversation": 8, "detail": 8, "complex_reasoning": 8}
     summary = generate_dataset(
-        DatagenSpec(counts=counts, prompt_set="toy", seed=3, chunk_size=4),
+        # one batch of 24 prompts: more prompt tokens than one scheduler step takes
+        DatagenSpec(counts=counts, prompt_set="toy", seed=3, chunk_size=24),
         Teacher(model=teacher, license="apache-2.0", commercial_use=True, name="toy-teacher"),
         Sources(
             coco_instances=toy_world["coco_instances"],
@@ -155,7 +156,7 @@ def test_datagen_through_the_vllm_engine(toy_world, tmp_path):
             image_folder=toy_world["image_folder"],
         ),
         factory,
-        SamplingParams(max_tokens=24, temperature=0.0, seed=3),
+        replace(spec.sampling, max_tokens=24, seed=3),  # the demo's temperature: seeded sampling
         tmp_path / "datagen",
     )
     assert summary["requested"] == summary["generated"] == sum(counts.values())

@@ -33,6 +33,7 @@ def test_engine_args_on_cpu_size_the_kv_cache_in_bytes():
         "dtype": "bfloat16",
         "max_num_seqs": 8,
         "enforce_eager": True,
+        "enable_chunked_prefill": False,
     }
     assert engine_args({**SPEC, "enforce_eager": False}, cpu=True)["enforce_eager"] is False
 

@@ -43,7 +43,8 @@ def engine_args(options: Mapping[str, Any], cpu: bool = False) -> dict[str, Any]
 
     On vLLM's CPU build (`cpu`) the GPU settings give way: `gpu_memory_utilization` would be a share of host RAM,
     so the KV cache gets `cpu_kv_cache_bytes` instead; tensor parallelism would start more engine processes than
-    a CPU run uses; and compilation is skipped (`enforce_eager`) unless the options ask for it."""
+    a CPU run uses; compilation is skipped (`enforce_eager`) and prefills are not chunked, unless the options
+    ask otherwise."""
     args = dict(options)
     args.pop("device", None)
     cpu_kv_cache_bytes = args.pop("cpu_kv_cache_bytes", None)
@@ -55,6 +56,9 @@ def engine_args(options: Mapping[str, Any], cpu: bool = False) -> dict[str, Any]
         if cpu_kv_cache_bytes is not None:
             args.setdefault("kv_cache_memory_bytes", int(cpu_kv_cache_bytes))
         args.setdefault("enforce_eager", True)
+        # A seeded sampling request whose prefill is split across steps crashes the CPU build (its CPU generator
+        # has no offset to rewind); whole prefills avoid it.
+        args.setdefault("enable_chunked_prefill", False)
     return args
 
 
