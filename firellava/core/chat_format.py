@@ -314,7 +314,8 @@ CHAT_TEMPLATE = (
     " | join('\\n') -%}"
     "{%- set ns.images = ns.images + ns.text.count(image_token) -%}"
     "{%- endif -%}"
-    "{%- if bos_token in ns.text or eos_token in ns.text -%}"
+    # vLLM's server test-renders the template without bos_token/eos_token: an undefined marker checks nothing.
+    "{%- if (bos_token and bos_token in ns.text) or (eos_token and eos_token in ns.text) -%}"
     "{{- raise_exception('A message contains the template marker ' + eos_token + ' or ' + bos_token) -}}"
     "{%- endif -%}"
     "{%- if ns.images > 0 -%}"

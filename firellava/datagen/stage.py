@@ -31,7 +31,7 @@ from firellava.datagen.outputs import Provenance, build_records, compute_stats, 
 from firellava.datagen.parse import ParseRules
 from firellava.datagen.prefix import shared_prefix
 from firellava.datagen.prompts import prompt_set
-from firellava.engines import Engine, EngineSpec, SamplingParams, build_engine
+from firellava.engines import Engine, EngineSpec, SamplingParams, build_engine, close_engine
 from firellava.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -159,17 +159,21 @@ def generate_dataset(
             built.append(engine_factory())
         return built[0]
 
-    run_info = generate_chunks(
-        todo,
-        coco.contexts,
-        engine_once,
-        params,
-        prompts,
-        parts,
-        box_decimals=spec.box_decimals,
-        seed=spec.seed,
-        rules=spec.rules,
-    )
+    try:
+        run_info = generate_chunks(
+            todo,
+            coco.contexts,
+            engine_once,
+            params,
+            prompts,
+            parts,
+            box_decimals=spec.box_decimals,
+            seed=spec.seed,
+            rules=spec.rules,
+        )
+    finally:
+        for engine in built:
+            close_engine(engine)
     rows = read_parts(parts, todo)
     provenance = Provenance(teacher.display_name, teacher.license, teacher.commercial_use)
     records, rejected = build_records(rows, coco.contexts, image_prefix, provenance, spec.rules)

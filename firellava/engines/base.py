@@ -78,6 +78,13 @@ class EngineSpec:
             raise ValueError(f"unknown engine backend {self.backend!r}; known: {', '.join(BACKENDS)}")
 
 
+def close_engine(engine: Any) -> None:
+    """Release an engine's resources where it holds any (vLLM's engine core must not outlive its caller)."""
+    close = getattr(engine, "close", None)
+    if close is not None:
+        close()
+
+
 def build_engine(spec: EngineSpec, model: str, model_name: str | None = None) -> Engine:
     """The engine that runs `model` (a directory or hub id) the way `spec` says; `model_name` is the name it
     reports (default: `model`)."""

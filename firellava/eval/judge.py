@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from firellava.engines import Engine, Generation, Prompt, SamplingParams
+from firellava.engines import Engine, Generation, Prompt, SamplingParams, close_engine
 
 if TYPE_CHECKING:  # eval.answers imports the benchmarks, which import this module
     from firellava.eval.answers import ReviewCache
@@ -39,6 +39,10 @@ class LazyEngine:
         if self._engine is None:
             self._engine = self._build()
         return self._engine.generate(prompts, params)
+
+    def close(self) -> None:
+        engine, self._engine = self._engine, None
+        close_engine(engine)
 
 
 GREEDY = SamplingParams(max_tokens=256, temperature=0.0)

@@ -121,7 +121,19 @@ def blind(questions: list[Question]) -> list[Question]:
 def evaluate(spec: EvalSpec, engine: EngineSpec, judge_engine: EngineSpec, out_dir: Path) -> dict[str, Any]:
     """Answer, score and report every benchmark of `spec`: the checkpoint runs as `engine` says, a named judge
     model as `judge_engine` (whose sampling the judge uses either way). With `spec.answers_from` the answers
-    are read from those files instead and no model is loaded unless it must judge."""
+    are read from those files instead and no model is loaded unless it must judge. Every engine built is closed
+    at the end."""
+    opened: list[LazyEngine] = []
+    try:
+        return _evaluate(spec, engine, judge_engine, out_dir, opened)
+    finally:
+        for model in opened:
+            model.close()
+
+
+def _evaluate(
+    spec: EvalSpec, engine: EngineSpec, judge_engine: EngineSpec, out_dir: Path, opened: list[LazyEngine]
+) -> dict[str, Any]:
     start = time.perf_counter()
     out_dir = Path(out_dir).resolve()
     checkpoint, data_root = Path(spec.checkpoint), Path(spec.data_root)
@@ -133,6 +145,7 @@ def evaluate(spec: EvalSpec, engine: EngineSpec, judge_engine: EngineSpec, out_d
 
     # the evaluated model, loaded on first need: a rerun with every answer and review cached never loads it
     model = LazyEngine(model_id, lambda: build_engine(engine, str(checkpoint), model_id))
+    opened.append(model)
     answers: dict[str, dict[str, str]] = {}
     unmatched: dict[str, int] = {}
     blind_answers: dict[str, dict[str, str]] = {}
@@ -167,6 +180,7 @@ def evaluate(spec: EvalSpec, engine: EngineSpec, judge_engine: EngineSpec, out_d
             judge_model = LazyEngine(
                 js.model_name, lambda: build_engine(judge_engine, js.model, js.model_name)
             )
+            opened.append(judge_model)
         judge = Judge(judge_model, judge_engine.sampling)
 
     results: dict[str, dict[str, Any]] = {}

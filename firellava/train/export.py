@@ -14,13 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from firellava.core.io import write_json
+from firellava.core.io import read_json, write_json
 
 PROJECTOR_FILE = "projector.safetensors"
 RESULT_FILE = "train_result.json"
 PROJECTOR_PREFIX = "model.multi_modal_projector."
+# transformers 5 flattens CLIPVisionModel (no `vision_model.` level) and saves the tower's weights that way; the
+# published llava-hf layout, which vLLM's loader requires, keeps the level, and transformers loads either.
+VISION_SAVED = "vision_tower."
+VISION_PUBLISHED = "vision_tower.vision_model."
 
 
 def group_of(name: str) -> str:
@@ -83,4 +88,29 @@ def save_model_dir(tmp: Path, state_dict: Mapping[str, torch.Tensor], model: Any
     """The HF directory: gathered weights, config, generation config, processor, tokenizer and chat template."""
     model.config.use_cache = True
     model.save_pretrained(tmp, state_dict=dict(state_dict))
+    published_vision_names(tmp)
     processor.save_pretrained(tmp)
+
+
+def published_name(name: str) -> str:
+    """A saved weight's name in the llava-hf layout (`vision_tower.vision_model.*`); others are unchanged."""
+    if name.startswith(VISION_SAVED) and not name.startswith(VISION_PUBLISHED):
+        return VISION_PUBLISHED + name[len(VISION_SAVED) :]
+    return name
+
+
+def published_vision_names(model_dir: Path) -> None:
+    """Rename the vision tower's weights in every safetensors file (and the shard index) of `model_dir` to the
+    llava-hf layout, so that vLLM loads the directory as it is. A file already in that layout is left alone."""
+    for path in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            names, metadata = list(f.keys()), f.metadata()
+        if all(published_name(n) == n for n in names):
+            continue
+        tensors = load_file(str(path))
+        save_file({published_name(k): v for k, v in tensors.items()}, str(path), metadata=metadata)
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        data = read_json(index)
+        data["weight_map"] = {published_name(k): v for k, v in data["weight_map"].items()}
+        write_json(index, data)
