@@ -14,7 +14,14 @@ from transformers.modeling_flash_attention_utils import (
 
 from firellava.core.chat_format import IGNORE_INDEX
 from firellava.train.data import Collator, EncodingSpec, LlavaDataset
-from firellava.train.packing import PackedDataset, PackingCollator, pack_indices, packed_row
+from firellava.train.packing import (
+    PackedDataset,
+    PackingCollator,
+    pack_indices,
+    packed_row,
+    split_to_multiple,
+)
+from firellava.train.sampler import SeededShuffleSampler
 from firellava.train.spec import packs_per_device
 
 
@@ -38,8 +45,22 @@ def test_packs_respect_token_and_image_budgets_and_hold_every_sample_once():
         pack_indices([5], [2], 128, 1)
 
 
-def test_micro_batch_packs_carry_about_the_configured_samples():
+def test_micro_batch_packs_carry_about_the_configured_samples_in_whole_steps():
     assert packs_per_device(16, 2.6) == 6 and packs_per_device(2, 8.0) == 1
+    packs = [[0, 1, 2, 3], [4], [5, 6], [7, 8, 9]]
+    split = split_to_multiple(packs, 3)
+    assert split == [[0, 1], [4], [5, 6], [7], [2, 3], [8, 9]]  # the fullest split first, then the next
+    assert split_to_multiple([[0], [1]], 3) == [[0], [1]]  # nothing left to split: a short last step
+
+
+def test_pack_order_depends_on_seed_and_epoch_only():
+    sampler = SeededShuffleSampler(50, seed=3)
+    torch.manual_seed(0)
+    first = list(sampler)
+    torch.manual_seed(1)  # a resume restores the checkpoint's global RNG before drawing: it must not matter
+    assert list(sampler) == first and sorted(first) == list(range(50)) and first != list(range(50))
+    sampler.set_epoch(1)
+    assert list(sampler) != first
 
 
 def sample(ids, labels, image=False):
@@ -137,3 +158,18 @@ def test_packed_dataset_serves_its_packs(toy_items):
     pack = packed[0]
     assert [len(s["input_ids"]) for s in pack] == [abs(ds.lengths[i]) for i in packed.packs[0]]
     assert sum("pixel_values" in s for s in pack) <= 2
+
+
+@pytest.mark.parametrize("experiment", ["firellava_13b", "demo"])
+def test_finetuning_packs_by_default_and_pretraining_pads(experiment):
+    from firellava.config import build
+    from tests.conftest import compose_config
+
+    train = build(compose_config(f"experiment={experiment}").train)
+    assert train.finetune.packing and not train.pretrain.packing
+    assert (train.finetune.pack_length or train.finetune.max_length) >= train.finetune.max_length
+    off = build(compose_config(f"experiment={experiment}", "train.finetune.packing=false").train)
+    assert (
+        not off.finetune.packing
+        and off.finetune.group_by_modality_length == train.finetune.group_by_modality_length
+    )

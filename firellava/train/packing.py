@@ -13,7 +13,7 @@ learns to predict the first token of the next.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,12 +73,30 @@ def pack_indices(
     return [sorted(p) for p in packs]
 
 
+def split_to_multiple(packs: list[list[int]], multiple: int) -> list[list[int]]:
+    """The packs, the fullest split in two until their count is a multiple of `multiple` (where it can be).
+
+    One optimizer step takes `multiple` packs; a last, shorter step is avoided, which also keeps a resume that
+    lands on it exact (DeepSpeed counts gradient accumulation in micro-steps of its own).
+    """
+    packs = [list(p) for p in packs]
+    while len(packs) % multiple:
+        fullest = max(range(len(packs)), key=lambda k: (len(packs[k]), -k))
+        if len(packs[fullest]) < 2:
+            break
+        half = len(packs[fullest]) // 2
+        packs[fullest], tail = packs[fullest][:half], packs[fullest][half:]
+        packs.append(tail)
+    return packs
+
+
 @dataclass(frozen=True)
 class PackingReport:
     samples: int
     packs: int
     real_tokens: int
     max_tokens: int
+    packs_per_device: int
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -88,19 +106,34 @@ class PackingReport:
             "real_tokens": self.real_tokens,
             # Of the tokens the packs could hold: what a fixed-shape row of max_length would carry for real.
             "real_token_fraction": round(self.real_tokens / (self.packs * self.max_tokens), 4),
+            "packs_per_device": self.packs_per_device,
         }
 
 
 class PackedDataset(torch.utils.data.Dataset):
     """One pack of a dataset's samples per index; `base[i]` must be an encoded item (input_ids, labels, pixels?)."""
 
-    def __init__(self, base: Any, lengths: Sequence[int], max_tokens: int, max_images: int | None) -> None:
-        # lengths: signed as the sampler's modality lengths (negative: text-only, one image otherwise)
+    def __init__(
+        self,
+        base: Any,
+        lengths: Sequence[int],
+        max_tokens: int,
+        max_images: int | None,
+        per_device: Callable[[float], int] = lambda samples_per_pack: 1,
+        devices_per_step: int = 1,
+    ) -> None:
+        """lengths: signed as the sampler's modality lengths (negative: text-only, one image otherwise).
+        per_device: packs a micro-batch takes, given the samples per pack; devices_per_step: micro-batches a step
+        takes (ranks x accumulation). The pack count is made a multiple of what a step takes."""
         tokens = [abs(x) for x in lengths]
         images = [int(x > 0) for x in lengths]
         self.base = base
-        self.packs = pack_indices(tokens, images, max_tokens, max_images)
-        self.report = PackingReport(len(tokens), len(self.packs), sum(tokens), max_tokens)
+        packs = pack_indices(tokens, images, max_tokens, max_images)
+        self.packs_per_device = per_device(len(tokens) / len(packs))
+        self.packs = split_to_multiple(packs, self.packs_per_device * devices_per_step)
+        self.report = PackingReport(
+            len(tokens), len(self.packs), sum(tokens), max_tokens, self.packs_per_device
+        )
 
     def __len__(self) -> int:
         return len(self.packs)

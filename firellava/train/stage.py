@@ -26,7 +26,7 @@ from firellava.train.export import (
     write_outputs,
 )
 from firellava.train.packing import PackedDataset, PackingCollator
-from firellava.train.sampler import ModalityLengthGroupedSampler
+from firellava.train.sampler import ModalityLengthGroupedSampler, SeededShuffleSampler
 from firellava.train.spec import PARAM_GROUPS, BatchPlan, StageSpec, batch_plan, packs_per_device
 
 log = logging.getLogger(__name__)
@@ -34,13 +34,18 @@ CHECKPOINTS = "checkpoints"
 
 
 class LlavaTrainer(Trainer):
-    """HF Trainer plus LLaVA's modality-length grouped sampler."""
+    """HF Trainer plus LLaVA's modality-length grouped sampler, or a seeded shuffle of packs."""
 
-    def __init__(self, *args: Any, modality_lengths: list[int] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, modality_lengths: list[int] | None = None, packed: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.modality_lengths = modality_lengths
+        self.packed = packed
 
     def _get_train_sampler(self, train_dataset=None):
+        if self.packed:
+            return SeededShuffleSampler(len(train_dataset or self.train_dataset), seed=self.args.seed)
         if self.modality_lengths is None:
             return super()._get_train_sampler(train_dataset)
         return ModalityLengthGroupedSampler(
@@ -211,10 +216,18 @@ def train_stage(
     }
     train_data, packing, per_device_items = dataset, None, None
     if spec.packing:
-        train_data = PackedDataset(dataset, dataset.lengths, spec.max_length, spec.pack_images)
+        train_data = PackedDataset(
+            dataset,
+            dataset.lengths,
+            spec.pack_length or spec.max_length,
+            spec.pack_images,
+            per_device=lambda samples_per_pack: packs_per_device(
+                spec.per_device_batch_size, samples_per_pack
+            ),
+            devices_per_step=world * plan.accumulation,
+        )
         packing = train_data.report.as_dict()
-        per_device_items = packs_per_device(spec.per_device_batch_size, packing["samples_per_pack"])
-        packing["packs_per_device"] = per_device_items
+        per_device_items = train_data.packs_per_device
         collator = PackingCollator(**image)
         if rank == 0:
             log.info("packing: %s", packing)
@@ -229,8 +242,9 @@ def train_stage(
         train_dataset=train_data,
         data_collator=collator,
         callbacks=[start_step],
-        # Packs are shuffled by the Trainer's seeded sampler; their lengths are already balanced.
+        # Packs need no length grouping: best-fit made their lengths even already.
         modality_lengths=dataset.lengths if spec.group_by_modality_length and not spec.packing else None,
+        packed=spec.packing,
     )
     resume = None if overwrite else last_complete_checkpoint(checkpoints)
     if rank == 0 and resume:
