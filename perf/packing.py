@@ -15,7 +15,7 @@ real files. It prints, side by side:
    generated instructions) and the projected 8xA100 wall time of finetuning 13B at 40% and 50% MFU:
    6 x trainable params x tokens, plus the frozen vision tower's forward (2 x its params x its tokens per image).
 
-    .venv/bin/python perf/packing.py                  # about a minute of CPU training
+    .venv/bin/python perf/packing.py                  # --samples sizes the CPU training, the longest part
     .venv/bin/python perf/packing.py --samples 32     # a quick look
 """
 

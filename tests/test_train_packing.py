@@ -154,7 +154,10 @@ def test_packed_dataset_serves_its_packs(toy_items):
     report = packed.report.as_dict()
     assert report["samples"] == len(ds) and report["packs"] == len(packed) < len(ds)
     assert report["real_tokens"] == sum(abs(x) for x in ds.lengths)
-    assert 0 < report["real_token_fraction"] <= 1
+    assert 0 < report["pack_fill"] <= 1 and report["real_token_fraction"] == 1.0  # no zero image counted
+    text_only = PackedDataset(ds, [-abs(x) for x in ds.lengths], 4096, None, image_seq_length=36)
+    fraction = text_only.report.as_dict()["real_token_fraction"]
+    assert fraction == round(report["real_tokens"] / (report["real_tokens"] + 36 * len(text_only)), 4) < 1
     pack = packed[0]
     assert [len(s["input_ids"]) for s in pack] == [abs(ds.lengths[i]) for i in packed.packs[0]]
     assert sum("pixel_values" in s for s in pack) <= 2

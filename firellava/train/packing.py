@@ -97,6 +97,7 @@ class PackingReport:
     real_tokens: int
     max_tokens: int
     packs_per_device: int
+    dummy_tokens: int  # a zero image's tokens for every pack without an image: at most this many are added
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -104,8 +105,10 @@ class PackingReport:
             "packs": self.packs,
             "samples_per_pack": round(self.samples / self.packs, 3),
             "real_tokens": self.real_tokens,
-            # Of the tokens the packs could hold: what a fixed-shape row of max_length would carry for real.
-            "real_token_fraction": round(self.real_tokens / (self.packs * self.max_tokens), 4),
+            # Of the tokens the rows carry (no padding; a zero image where a micro-batch has none): at least this.
+            "real_token_fraction": round(self.real_tokens / (self.real_tokens + self.dummy_tokens), 4),
+            # Of the tokens the packs could hold: what fixed-shape rows of pack_length would carry for real.
+            "pack_fill": round(self.real_tokens / (self.packs * self.max_tokens), 4),
             "packs_per_device": self.packs_per_device,
         }
 
@@ -121,18 +124,26 @@ class PackedDataset(torch.utils.data.Dataset):
         max_images: int | None,
         per_device: Callable[[float], int] = lambda samples_per_pack: 1,
         devices_per_step: int = 1,
+        image_seq_length: int = 0,
     ) -> None:
         """lengths: signed as the sampler's modality lengths (negative: text-only, one image otherwise).
         per_device: packs a micro-batch takes, given the samples per pack; devices_per_step: micro-batches a step
-        takes (ranks x accumulation). The pack count is made a multiple of what a step takes."""
+        takes (ranks x accumulation). The pack count is made a multiple of what a step takes. image_seq_length:
+        the tokens of the zero image a micro-batch without an image gets (for the report)."""
         tokens = [abs(x) for x in lengths]
         images = [int(x > 0) for x in lengths]
         self.base = base
         packs = pack_indices(tokens, images, max_tokens, max_images)
         self.packs_per_device = per_device(len(tokens) / len(packs))
         self.packs = split_to_multiple(packs, self.packs_per_device * devices_per_step)
+        without_image = sum(not any(images[i] for i in p) for p in self.packs)
         self.report = PackingReport(
-            len(tokens), len(self.packs), sum(tokens), max_tokens, self.packs_per_device
+            len(tokens),
+            len(self.packs),
+            sum(tokens),
+            max_tokens,
+            self.packs_per_device,
+            without_image * image_seq_length,
         )
 
     def __len__(self) -> int:

@@ -225,6 +225,7 @@ def train_stage(
                 spec.per_device_batch_size, samples_per_pack
             ),
             devices_per_step=world * plan.accumulation,
+            image_seq_length=config.image_seq_length,
         )
         packing = train_data.report.as_dict()
         per_device_items = train_data.packs_per_device
