@@ -81,6 +81,7 @@ def test_finetune_zero3_trains_llm_and_projector_vision_bit_identical(stages, to
     result = json.loads((out / RESULT_FILE).read_text())
     assert result["zero_stage"] == 3 and result["batch"]["accumulation"] == 2
     assert fine["steps"] == result["data"]["kept"] // 8
+    assert result["packing"] is None and pre["packing"] is None  # off by default
     changed = result["changed_tensors"]
     assert changed["vision_tower"][0] == 0
     assert changed["projector"] == [4, 4] and changed["llm"][0] == changed["llm"][1]
@@ -132,17 +133,23 @@ def _interrupt_while_saving(done: Path, out: Path) -> tuple[Path, int]:
     return out / "checkpoints" / f"checkpoint-{steps[0]}", steps[0]
 
 
-def test_interrupted_zero2_stage_resumes_from_its_last_complete_checkpoint(stages, toy_world, tmp_path):
+def test_interrupted_zero2_stage_resumes_and_gradient_checkpointing_changes_nothing(
+    stages, toy_world, tmp_path
+):
     _, pre, _ = stages
     assert pre["resumed_from"] is None and pre["start_step"] == 0
     done = Path(pre["dir"])
-    cfg = tiny_cfg(toy_world, tmp_path, *CHECKPOINTS)
+    # The resumed run recomputes activations in the backward pass (the GPU setting): in fp32 the gradients,
+    # and so the weights, must come out as the uninterrupted run's without it.
+    cfg = tiny_cfg(toy_world, tmp_path, *CHECKPOINTS, "train.pretrain.gradient_checkpointing=true")
     out = Path(cfg.paths.pretrain_dir).resolve()
     last_complete, step = _interrupt_while_saving(done, out)
 
     again = run_pretrain(cfg)  # not refused: without its result marker the stage is unfinished
     assert again["resumed_from"] == str(last_complete) and again["start_step"] == step == 2
     assert again["steps"] == pre["steps"] == 3
+    runtime = [json.loads((d / RESULT_FILE).read_text())["runtime"] for d in (done, out)]
+    assert [r["gradient_checkpointing"] for r in runtime] == [False, True]
     # Optimizer moments, LR schedule, data order and RNG came back with the checkpoint: the finished
     # projector is the one of the run that was never interrupted (a fresh Adam at step 3 would move it ~lr).
     resumed, original = load_file(str(out / PROJECTOR_FILE)), load_file(str(done / PROJECTOR_FILE))

@@ -89,3 +89,23 @@ class ModalityLengthGroupedSampler(torch.utils.data.Sampler[int]):
         return iter(
             modality_length_grouped_indices(self.lengths, self.batch_size, self.world_size, generator)
         )
+
+
+class SeededShuffleSampler(torch.utils.data.Sampler[int]):
+    """A permutation drawn from (seed, epoch) alone, never from the global RNG: the same on every rank, and the
+    same after a resume (which restores the global RNG of the checkpoint before the first batch is drawn)."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())

@@ -36,6 +36,11 @@ class StageSpec:
     gradient_checkpointing: bool = False
     flash_attention: bool = False
     group_by_modality_length: bool = False
+    # Several samples per row, no padding (train.packing); the batch sizes above still count samples: a
+    # micro-batch holds as many packs as make about per_device_batch_size samples. Replaces the grouping.
+    packing: bool = False
+    pack_length: int | None = None  # tokens one pack holds (samples are cut to max_length); None: max_length
+    pack_images: int | None = None  # images one pack may hold besides its tokens; None: no limit
     projector: str | None = None  # finetune: the pretrained projector weights to start from
     system: str | None = None  # vicuna_v1 system prompt; None = LLaVA's default
     save_steps: int = 50000
@@ -53,6 +58,12 @@ class StageSpec:
             raise ValueError(f"zero_stage={self.zero_stage}; DeepSpeed ZeRO stages are 0-3")
         if self.image_aspect_ratio not in ("pad", "square"):
             raise ValueError(f"image_aspect_ratio={self.image_aspect_ratio!r}; supported: pad, square")
+        if self.pack_length is not None and self.pack_length < self.max_length:
+            raise ValueError(
+                f"pack_length={self.pack_length} is below max_length={self.max_length}: a sample must fit"
+            )
+        if self.pack_images is not None and self.pack_images < 1:
+            raise ValueError(f"pack_images={self.pack_images}; a pack must hold at least one image (or null)")
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,11 @@ class BatchPlan:
             f"global batch {self.global_batch_size} = per-device {self.per_device_batch_size} x accumulation "
             f"{self.accumulation} x world size {self.world_size}"
         )
+
+
+def packs_per_device(per_device_batch_size: int, samples_per_pack: float) -> int:
+    """Packs per micro-batch that carry about the configured samples, so a step trains on about as many."""
+    return max(1, round(per_device_batch_size / samples_per_pack))
 
 
 def batch_plan(global_batch_size: int, per_device_batch_size: int, world_size: int) -> BatchPlan:

@@ -25,21 +25,27 @@ from firellava.train.export import (
     save_projector,
     write_outputs,
 )
-from firellava.train.sampler import ModalityLengthGroupedSampler
-from firellava.train.spec import PARAM_GROUPS, BatchPlan, StageSpec, batch_plan
+from firellava.train.packing import PackedDataset, PackingCollator
+from firellava.train.sampler import ModalityLengthGroupedSampler, SeededShuffleSampler
+from firellava.train.spec import PARAM_GROUPS, BatchPlan, StageSpec, batch_plan, packs_per_device
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 
 
 class LlavaTrainer(Trainer):
-    """HF Trainer plus LLaVA's modality-length grouped sampler."""
+    """HF Trainer plus LLaVA's modality-length grouped sampler, or a seeded shuffle of packs."""
 
-    def __init__(self, *args: Any, modality_lengths: list[int] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, modality_lengths: list[int] | None = None, packed: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.modality_lengths = modality_lengths
+        self.packed = packed
 
     def _get_train_sampler(self, train_dataset=None):
+        if self.packed:
+            return SeededShuffleSampler(len(train_dataset or self.train_dataset), seed=self.args.seed)
         if self.modality_lengths is None:
             return super()._get_train_sampler(train_dataset)
         return ModalityLengthGroupedSampler(
@@ -118,11 +124,17 @@ def _world() -> tuple[int, int]:
 
 
 def training_arguments(
-    spec: StageSpec, plan: BatchPlan, ds_config: dict[str, Any], checkpoints: Path, cuda: bool
+    spec: StageSpec,
+    plan: BatchPlan,
+    ds_config: dict[str, Any],
+    checkpoints: Path,
+    cuda: bool,
+    per_device_items: int | None = None,
 ) -> TrainingArguments:
+    """`per_device_items`: what one micro-batch holds of the dataset's items (packs), if not samples."""
     return TrainingArguments(
         output_dir=str(checkpoints),
-        per_device_train_batch_size=spec.per_device_batch_size,
+        per_device_train_batch_size=per_device_items or spec.per_device_batch_size,
         gradient_accumulation_steps=plan.accumulation,
         num_train_epochs=spec.epochs,
         learning_rate=spec.learning_rate,
@@ -197,22 +209,43 @@ def train_stage(
         image_aspect_ratio=spec.image_aspect_ratio,
     )
     size = config.vision_config.image_size
-    collator = Collator(
-        pad_token_id=processor.tokenizer.pad_token_id,
-        image_token_id=config.image_token_id,
-        image_seq_length=config.image_seq_length,
-        image_shape=(3, size, size),
-    )
+    image = {
+        "image_token_id": config.image_token_id,
+        "image_seq_length": config.image_seq_length,
+        "image_shape": (3, size, size),
+    }
+    train_data, packing, per_device_items = dataset, None, None
+    if spec.packing:
+        train_data = PackedDataset(
+            dataset,
+            dataset.lengths,
+            spec.pack_length or spec.max_length,
+            spec.pack_images,
+            per_device=lambda samples_per_pack: packs_per_device(
+                spec.per_device_batch_size, samples_per_pack
+            ),
+            devices_per_step=world * plan.accumulation,
+            image_seq_length=config.image_seq_length,
+        )
+        packing = train_data.report.as_dict()
+        per_device_items = train_data.packs_per_device
+        collator = PackingCollator(**image)
+        if rank == 0:
+            log.info("packing: %s", packing)
+    else:
+        collator = Collator(pad_token_id=processor.tokenizer.pad_token_id, **image)
     checkpoints = out / CHECKPOINTS
-    args = training_arguments(spec, plan, ds_config, checkpoints, cuda)
+    args = training_arguments(spec, plan, ds_config, checkpoints, cuda, per_device_items)
     start_step = StartStep()
     trainer = LlavaTrainer(
         model=model,
         args=args,
-        train_dataset=dataset,
+        train_dataset=train_data,
         data_collator=collator,
         callbacks=[start_step],
-        modality_lengths=dataset.lengths if spec.group_by_modality_length else None,
+        # Packs need no length grouping: best-fit made their lengths even already.
+        modality_lengths=dataset.lengths if spec.group_by_modality_length and not spec.packing else None,
+        packed=spec.packing,
     )
     resume = None if overwrite else last_complete_checkpoint(checkpoints)
     if rank == 0 and resume:
@@ -232,7 +265,12 @@ def train_stage(
         "steps": trainer.state.global_step,
         "final_loss": round(float(losses[-1]), 4) if losses else None,
         "first_loss": round(float(losses[0]), 4) if losses else None,
-        "samples_per_s": round(float(output.metrics.get("train_samples_per_second", 0.0)), 2),
+        # The Trainer counts its items (packs, when packing): converted to samples.
+        "samples_per_s": round(
+            float(output.metrics.get("train_samples_per_second", 0.0))
+            * (packing["samples_per_pack"] if packing else 1.0),
+            2,
+        ),
         "train_seconds": round(seconds, 1),
         "zero_stage": spec.zero_stage,
         # What ran, which on CPU is not what a GPU config asks for (fp32, no flash-attn there).
@@ -245,6 +283,7 @@ def train_stage(
         },
         "batch": dataclasses.asdict(plan),
         "data": dataset.report.as_dict(),
+        "packing": packing,
         "trainable_params": counts,
         "changed_tensors": changed_tensors(before, fingerprints(state_dict)),
         "resumed_from": resume,
