@@ -92,7 +92,9 @@ def vllm_llava(llava_dir):
 def test_exported_checkpoint_loads_in_vllm_as_in_transformers(vllm_llava, reference):
     prompts = image_prompts()
     got = vllm_llava.generate(prompts, GREEDY)
-    assert [g.text for g in got] == [g.text for g in reference]
+    # The same tokens (counted below); a generation cut inside a multi-byte character decodes its last bytes
+    # differently in the two engines, so a dangling U+FFFD is not part of the comparison.
+    assert trim_dangling([g.text for g in got]) == trim_dangling([g.text for g in reference])
     assert [g.completion_tokens for g in got] == [g.completion_tokens for g in reference]
     # the same prompt tokens: one BOS, the image expanded to image_seq_length placeholders
     assert [g.prompt_tokens for g in got] == [g.prompt_tokens for g in reference]
@@ -239,7 +241,7 @@ def check_answers(client, model, reference) -> None:
         whole = client.chat.completions.create(
             model=model, messages=openai_messages(q, c), max_tokens=GREEDY.max_tokens, temperature=0
         )
-        assert whole.choices[0].message.content == want.text
+        assert trim_dangling(whole.choices[0].message.content) == trim_dangling(want.text)
         assert whole.usage.prompt_tokens == want.prompt_tokens
         assert whole.usage.completion_tokens == want.completion_tokens
     chunks = list(
@@ -252,7 +254,8 @@ def check_answers(client, model, reference) -> None:
             stream_options={"include_usage": True},
         )
     )
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reference[0].text
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert trim_dangling(streamed) == trim_dangling(reference[0].text)
     assert chunks[-1].usage.prompt_tokens == reference[0].prompt_tokens
 
 
