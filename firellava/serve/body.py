@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
@@ -53,15 +54,22 @@ def nests_deeper(text: str, limit: int) -> bool:
 async def read_json(request: Request, limit: int) -> Any:
     """The request's JSON body; 413 past `limit` bytes (checked while it streams in), 400 when not JSON."""
     too_big = APIError(413, f"request body larger than {limit} bytes", code="request_too_large")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
+    return decode(await read_capped(request.stream(), request.headers.get("content-length"), limit, too_big))
+
+
+async def read_capped(
+    chunks: AsyncIterator[bytes], content_length: str | None, limit: int, too_big: APIError
+) -> bytes:
+    """Everything `chunks` yields; `too_big` as soon as the declared length or what has arrived passes `limit`
+    bytes, so a hostile sender never makes the server hold more than that (request bodies and fetched images)."""
+    if content_length and content_length.isdigit() and int(content_length) > limit:
         raise too_big
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
+    data = bytearray()
+    async for chunk in chunks:
+        data += chunk
+        if len(data) > limit:
             raise too_big
-    return decode(body)
+    return bytes(data)
 
 
 def decode(body: bytes | bytearray) -> Any:

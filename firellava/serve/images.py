@@ -19,6 +19,7 @@ from urllib.parse import urljoin
 import httpx
 from PIL import Image, UnidentifiedImageError
 
+from firellava.serve.body import read_capped
 from firellava.serve.errors import APIError
 from firellava.serve.settings import FetchPolicy
 
@@ -141,15 +142,7 @@ async def _fetch(url: str, param: str, policy: FetchPolicy, client: httpx.AsyncC
 
 async def _read_capped(resp: httpx.Response, param: str, limit: int) -> bytes:
     too_big = APIError(413, f"{param}: image larger than {limit} bytes", param=param, code="image_too_large")
-    length = resp.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
-        raise too_big
-    data = bytearray()
-    async for chunk in resp.aiter_raw():
-        data += chunk
-        if len(data) > limit:
-            raise too_big
-    return bytes(data)
+    return await read_capped(resp.aiter_raw(), resp.headers.get("content-length"), limit, too_big)
 
 
 def open_image(data: bytes, param: str, policy: FetchPolicy) -> Image.Image:
