@@ -64,6 +64,43 @@ def test_pack_order_depends_on_seed_and_epoch_only():
     assert list(sampler) != first
 
 
+def test_trainer_serves_packs_in_seeded_order_every_epoch_and_resumes_inside_it(tmp_path):
+    from accelerate import skip_first_batches
+    from transformers import TrainingArguments
+
+    from firellava.train.stage import LlavaTrainer
+
+    class Packs(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, p):
+            return [p]
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, use_cpu=True, seed=5, report_to="none"
+    )
+    trainer = LlavaTrainer(
+        model=torch.nn.Linear(1, 1),
+        args=args,
+        train_dataset=Packs(),
+        data_collator=lambda packs: [p for pack in packs for p in pack],
+        packed=True,
+    )
+    loader = trainer.get_train_dataloader()
+    orders = []
+    for epoch in (0, 1, 2):
+        expected = SeededShuffleSampler(10, seed=5)
+        expected.set_epoch(epoch)
+        orders.append(list(expected))
+        # As the Trainer's epoch loop: a resumed epoch skips the micro-batches already trained, then sets it.
+        for skipped in (0, 3):
+            resumed = skip_first_batches(loader, skipped) if skipped else loader
+            resumed.set_epoch(epoch)
+            assert [p for batch in resumed for p in batch] == list(expected)[2 * skipped :]
+    assert len({tuple(order) for order in orders}) == 3  # the epoch reached the sampler: a new order each
+
+
 def sample(ids, labels, image=False):
     item = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
     if image:
