@@ -14,6 +14,7 @@ from transformers.modeling_flash_attention_utils import (
 
 from firellava.core.chat_format import IGNORE_INDEX
 from firellava.train.data import Collator, EncodingSpec, LlavaDataset
+from firellava.train.export import set_use_cache
 from firellava.train.packing import (
     PackedDataset,
     PackingCollator,
@@ -63,6 +64,43 @@ def test_pack_order_depends_on_seed_and_epoch_only():
     assert list(sampler) != first
 
 
+def test_trainer_serves_packs_in_seeded_order_every_epoch_and_resumes_inside_it(tmp_path):
+    from accelerate import skip_first_batches
+    from transformers import TrainingArguments
+
+    from firellava.train.stage import LlavaTrainer
+
+    class Packs(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, p):
+            return [p]
+
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, use_cpu=True, seed=5, report_to="none"
+    )
+    trainer = LlavaTrainer(
+        model=torch.nn.Linear(1, 1),
+        args=args,
+        train_dataset=Packs(),
+        data_collator=lambda packs: [p for pack in packs for p in pack],
+        packed=True,
+    )
+    loader = trainer.get_train_dataloader()
+    orders = []
+    for epoch in (0, 1, 2):
+        expected = SeededShuffleSampler(10, seed=5)
+        expected.set_epoch(epoch)
+        orders.append(list(expected))
+        # As the Trainer's epoch loop: a resumed epoch skips the micro-batches already trained, then sets it.
+        for skipped in (0, 3):
+            resumed = skip_first_batches(loader, skipped) if skipped else loader
+            resumed.set_epoch(epoch)
+            assert [p for batch in resumed for p in batch] == list(expected)[2 * skipped :]
+    assert len({tuple(order) for order in orders}) == 3  # the epoch reached the sampler: a new order each
+
+
 def sample(ids, labels, image=False):
     item = {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
     if image:
@@ -109,7 +147,7 @@ def toy_items(toy_world, tiny_llava):
 
 def loss_and_grads(model, batch):
     model.zero_grad()
-    loss = model(**batch, use_cache=False).loss
+    loss = model(**batch).loss  # as the Trainer calls it: no use_cache argument, the config decides
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
@@ -134,13 +172,20 @@ def test_packed_loss_and_gradients_equal_the_padded_batch(tiny_llava, toy_items,
     model.set_attn_implementation(attention)
     try:
         model.train()
+        # With the language model's default cache, transformers does not look for packed positions: the row
+        # gets one causal mask and each sample attends to those before it (what the stage's set_use_cache stops).
+        assert config.text_config.use_cache
+        loss_crossing, _ = loss_and_grads(model, packed)
+        set_use_cache(model, False)  # as the training stage
         loss_pad, grads_pad = loss_and_grads(model, padded)
         loss_pack, grads_pack = loss_and_grads(model, packed)
         # Shuffling the samples inside the row changes nothing: no sample sees another.
         loss_shuffled, _ = loss_and_grads(model, PackingCollator(**image)([items[::-1]]))
     finally:
+        set_use_cache(model, True)
         model.set_attn_implementation(before)
         model.eval()
+    assert abs(loss_crossing - loss_pad) > 1e-4
     torch.testing.assert_close(loss_pack, loss_pad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(loss_shuffled, loss_pad, rtol=1e-5, atol=1e-6)
     assert set(grads_pack) == set(grads_pad) and any(g.abs().sum() > 0 for g in grads_pad.values())
@@ -164,14 +209,12 @@ def test_packed_dataset_serves_its_packs(toy_items):
 
 
 @pytest.mark.parametrize("experiment", ["firellava_13b", "demo"])
-def test_packing_is_off_by_default_and_on_by_config(experiment):
-    """Off until a packed ZeRO-3 run with gradient checkpointing matches the run without it (README, Packing)."""
+def test_finetuning_packs_by_default_and_pretraining_pads(experiment):
     from firellava.config import build
     from tests.conftest import compose_config
 
     train = build(compose_config(f"experiment={experiment}").train)
-    assert not train.finetune.packing and not train.pretrain.packing
-    assert train.finetune.group_by_modality_length  # LLaVA's batches
-    on = build(compose_config(f"experiment={experiment}", "train.finetune.packing=true").train)
-    assert on.finetune.packing and not on.pretrain.packing
-    assert (on.finetune.pack_length or on.finetune.max_length) >= on.finetune.max_length
+    assert train.finetune.packing and not train.pretrain.packing
+    assert (train.finetune.pack_length or train.finetune.max_length) >= train.finetune.max_length
+    off = build(compose_config(f"experiment={experiment}", "train.finetune.packing=false").train)
+    assert not off.finetune.packing and off.finetune.group_by_modality_length  # LLaVA's batches

@@ -1,6 +1,7 @@
 """Packing on a GPU: a 7B-shaped LLaVA (random weights, bf16, flash-attn 2 when installed), padded vs packed, on
 records shaped like the 665K mix (perf/packing.py's model). The packed loss matches the padded one within bf16
-noise and a packed step trains more samples per second; step time, tokens/s and MFU are printed (run with -s).
+noise and, with flash-attn, a packed step trains more samples per second; step time, tokens/s and MFU are printed
+(run with -s). Skipped without CUDA (tests/conftest.py); it has not run yet (no GPU was lent to this work).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from firellava.train.data import Collator
+from firellava.train.export import set_use_cache
 from firellava.train.packing import PackingCollator, pack_indices
 from firellava.train.spec import packs_per_device
 
@@ -53,7 +55,7 @@ def llava_7b_shaped():
     model.set_attn_implementation("flash_attention_2" if FLASH else "sdpa")
     model.model.vision_tower.requires_grad_(False)  # frozen, as in finetuning
     model.gradient_checkpointing_enable()
-    model.config.use_cache = False
+    set_use_cache(model, False)  # as the training stage: no cache, so transformers looks for packed positions
     return model
 
 
@@ -114,4 +116,5 @@ def test_7b_shaped_llava_packed_matches_padded_and_trains_more_samples_per_secon
     # The same tokens weighted the same: the per-token mean agrees within bf16 noise.
     mean = {name: loss for name, (_, loss) in results.items()}
     assert abs(mean["packed"] - mean["padded"]) < 0.01 * abs(mean["padded"]), mean
-    assert results["packed"][0] < results["padded"][0], results
+    if FLASH:  # sdpa masks the other samples' attention in a packed row rather than skipping it
+        assert results["packed"][0] < results["padded"][0], results

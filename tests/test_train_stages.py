@@ -37,6 +37,7 @@ def tiny_cfg(world: dict, out: Path, *extra: str):
         "train.pretrain.epochs=1",
         "train.finetune.global_batch_size=8",
         "train.finetune.per_device_batch_size=2",  # accumulation 2
+        "train.finetune.pack_images=2",  # packing is on: about 2 samples a pack, 1 pack a micro-batch
         "train.finetune.epochs=1",
         *extra,
     ]
@@ -80,8 +81,13 @@ def test_finetune_zero3_trains_llm_and_projector_vision_bit_identical(stages, to
     out = Path(fine["dir"])
     result = json.loads((out / RESULT_FILE).read_text())
     assert result["zero_stage"] == 3 and result["batch"]["accumulation"] == 2
-    assert fine["steps"] == result["data"]["kept"] // 8
-    assert result["packing"] is None and pre["packing"] is None  # off by default
+    packing = result["packing"]  # on by default for finetuning
+    assert packing["samples"] == result["data"]["kept"] and 1.5 < packing["samples_per_pack"] <= 3
+    # 2 ranks x accumulation 2 packs a step; the packs were split to whole steps
+    assert packing["packs_per_device"] == 1 and packing["packs"] % 4 == 0
+    assert fine["steps"] == packing["packs"] // 4
+    assert 0 < packing["real_token_fraction"] <= 1 and 0 < packing["pack_fill"] <= 1
+    assert pre["packing"] is None
     changed = result["changed_tensors"]
     assert changed["vision_tower"][0] == 0
     assert changed["projector"] == [4, 4] and changed["llm"][0] == changed["llm"][1]
@@ -158,7 +164,7 @@ def test_interrupted_zero2_stage_resumes_and_gradient_checkpointing_changes_noth
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-6)
 
 
-def test_interrupted_zero3_stage_resumes_and_gradient_checkpointing_changes_nothing(
+def test_interrupted_packed_zero3_stage_resumes_and_gradient_checkpointing_changes_nothing(
     stages, toy_world, tmp_path
 ):
     _, pre, fine = stages
@@ -173,12 +179,15 @@ def test_interrupted_zero3_stage_resumes_and_gradient_checkpointing_changes_noth
 
     again = run_finetune(cfg)
     assert again["resumed_from"] == str(last_complete) and again["start_step"] == step == fine["steps"] - 1
+    assert again["packing"] == fine["packing"]  # the same packs, which the resumed sampler skips exactly
     assert again["steps"] == fine["steps"]
+    # The step after the resume trained on the uninterrupted run's packs in its order, with its weights.
+    assert again["final_loss"] == fine["final_loss"]
     runtime = [json.loads((d / RESULT_FILE).read_text())["runtime"] for d in (done, out)]
     assert [r["gradient_checkpointing"] for r in runtime] == [False, True]
     assert runtime[1]["device"] == "cpu" and not runtime[1]["bf16"]
-    # The partitioned ZeRO-3 optimizer and parameter shards came back: the gathered export matches the
-    # uninterrupted run's tensor for tensor.
+    # The partitioned ZeRO-3 optimizer and parameter shards came back, and the packs after the resume point are
+    # the uninterrupted run's: the gathered export matches that run's tensor for tensor.
     resumed, original = load_file(str(out / "model.safetensors")), load_file(str(done / "model.safetensors"))
     assert set(resumed) == set(original)
     for name, tensor in original.items():

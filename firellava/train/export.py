@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from transformers import PretrainedConfig
 
 from firellava.core.io import read_json, write_json
 
@@ -84,9 +85,25 @@ def save_projector(tmp: Path, state_dict: Mapping[str, torch.Tensor], model: Any
     model.config.save_pretrained(tmp)
 
 
+def set_use_cache(model: Any, on: bool) -> None:
+    """`use_cache` on the config of the model, its sub-configs and every sub-model.
+
+    Each sub-model reads its own config (the language model a copy of the text config, not the object LLaVA's
+    config holds), and the Trainer passes no use_cache. A cache during training is not only waste: transformers
+    looks for packed rows (positions restarting) only when there is no cache, so with one a packed row gets a
+    plain causal mask and every sample attends to the samples before it in the row.
+    """
+    configs = [model.config, *(getattr(model.config, name, None) for name in model.config.sub_configs)]
+    configs += [m.config for m in model.modules() if isinstance(getattr(m, "config", None), PretrainedConfig)]
+    model.config.use_cache = on
+    for config in configs:
+        if hasattr(config, "use_cache"):  # a vision config has none to set
+            config.use_cache = on
+
+
 def save_model_dir(tmp: Path, state_dict: Mapping[str, torch.Tensor], model: Any, processor: Any) -> None:
     """The HF directory: gathered weights, config, generation config, processor, tokenizer and chat template."""
-    model.config.use_cache = True
+    set_use_cache(model, True)  # for inference from the directory
     model.save_pretrained(tmp, state_dict=dict(state_dict))
     published_vision_names(tmp)
     processor.save_pretrained(tmp)

@@ -23,6 +23,7 @@ from firellava.train.export import (
     load_projector,
     save_model_dir,
     save_projector,
+    set_use_cache,
     write_outputs,
 )
 from firellava.train.packing import PackedDataset, PackingCollator
@@ -185,7 +186,7 @@ def train_stage(
     if spec.projector:
         load_projector(model, spec.projector)
     counts = set_trainable(model, spec.trainable)
-    model.config.use_cache = False
+    set_use_cache(model, False)  # the Trainer passes no use_cache
     if spec.gradient_checkpointing:
         model.enable_input_require_grads()
     before = fingerprints(model.state_dict()) if rank == 0 else {}
