@@ -260,3 +260,11 @@ class DecontamSpec:
                 "without checking these benchmarks (the manifest lists them as not checked)."
             )
         return evals
+
+
+def excluded_coco_ids(spec: DecontamSpec | None) -> set[int]:
+    """The COCO ids of every configured benchmark's images when contamination is removed: what datagen's image
+    selection leaves out (by id alone; the mix's perceptual hashes catch copies under other names)."""
+    if spec is None or spec.benchmarks is None or not spec.remove:
+        return set()
+    return {i.coco_id for imgs in spec.load().by_benchmark.values() for i in imgs if i.coco_id is not None}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from firellava.config import build
+from firellava.core.decontam import DecontamSpec, excluded_coco_ids
 from firellava.datagen.contexts import TYPES, load_contexts, select_work
 from firellava.datagen.generate import (
     check_manifest,
@@ -59,6 +60,7 @@ class DatagenSpec:
     overwrite: bool = False
     rules: ParseRules = field(default_factory=ParseRules)
     wandb: WandbSpec = field(default_factory=WandbSpec)
+    decontamination: DecontamSpec | None = None  # images the benchmarks evaluate on are not selected
 
     def __post_init__(self) -> None:
         unknown = set(self.counts) - set(TYPES)
@@ -130,9 +132,9 @@ def generate_dataset(
     prompts = prompt_set(spec.prompt_set)
     coco = load_contexts(sources.coco_instances, sources.coco_captions)
     image_prefix = sources.image_prefix()
-    work = shard_work(
-        select_work(list(coco.contexts), spec.counts, spec.seed), spec.shard_index, spec.num_shards
-    )
+    eval_ids = excluded_coco_ids(spec.decontamination)
+    candidates = [i for i in coco.contexts if i not in eval_ids]
+    work = shard_work(select_work(candidates, spec.counts, spec.seed), spec.shard_index, spec.num_shards)
     todo = chunks(work, spec.chunk_size)
     parts = out_dir / "parts"
     parts.mkdir(parents=True, exist_ok=True)
@@ -148,6 +150,7 @@ def generate_dataset(
             chunk_size=spec.chunk_size,
             box_decimals=spec.box_decimals,
             coco=[str(sources.coco_instances), str(sources.coco_captions)],
+            excluded_eval_images=len(coco.contexts) - len(candidates),
         ),
         spec.overwrite,
     )
@@ -203,7 +206,12 @@ def generate_dataset(
             "sampling": asdict(params),
             "seed": spec.seed,
             "shard": {"index": spec.shard_index, "count": spec.num_shards},
-            "coco": {"images": len(coco.contexts), "images_without_captions": len(coco.without_captions)},
+            "coco": {
+                "images": len(coco.contexts),
+                "images_without_captions": len(coco.without_captions),
+                # not selected because a configured benchmark evaluates on them (by COCO id)
+                "excluded_eval_images": len(coco.contexts) - len(candidates),
+            },
             "this_run": {k: round(v, 3) if isinstance(v, float) else v for k, v in run_info.items()},
         },
     )

@@ -22,6 +22,9 @@ class BenchmarkImages:
         out = EvalImages()
         for name in self.names:
             bench = get_benchmark(name, self.data_root, self.splits.get(name))
+            if not bench.root.is_dir():
+                out.unavailable[name] = f"{name}: {bench.root} not found"
+                continue
             try:
                 questions = bench.load()
             except FileNotFoundError as e:
