@@ -83,6 +83,18 @@ def world(tmp_path_factory) -> Path:
         data.root / "data" / "eval", CHECKED, seed=5, questions=12, shared=data.coco_scenes[:3]
     )
     (out / "scenes.json").write_text(json.dumps([s.image_id for s in data.coco_scenes[:3]]))
+    # Generated records (as datagen writes them) on every COCO image: decontamination covers them too.
+    (out / "datagen").mkdir()
+    with (out / "datagen" / "conversation.jsonl").open("w") as f:
+        for scene in data.coco_scenes:
+            image = f"coco/train2017/{scene.image_id:012d}.jpg"
+            turns = [
+                {"from": "human", "value": "<image>\nWhat is here?"},
+                {"from": "gpt", "value": "Shapes."},
+            ]
+            record = {"id": f"conversation-{scene.image_id:012d}", "image": image, "conversations": turns,
+                      "source": "firellava_generated", "license": "apache-2.0", "type": "conversation"}  # fmt: skip
+            f.write(json.dumps(record) + "\n")
     return out
 
 
@@ -123,7 +135,7 @@ def mix_config(out: Path, *overrides: str):
         "experiment=demo",
         f"paths.output_dir={out}",
         "mix.image_workers=1",
-        "mix.generated.files=[]",
+        "mix.generated.files=[conversation.jsonl]",
         f"eval.benchmarks=[{','.join(CHECKED)}]",
         *overrides,
     )
@@ -162,8 +174,14 @@ def test_mix_removes_and_reports_per_benchmark(world, tmp_path):
     assert summary["total"] == kept["total"] - report["records_removed"]
     assert sum(manifest["excluded"]["eval_overlap"].values()) == report["records_removed"]
     assert summary["decontamination"]["per_benchmark"]["pope"] == len(on_pope)
+    assert benches["pope"]["by_source"]["firellava_generated"] == 2  # one generated record per image
+    # The toy teacher's stand-in term travels with its records.
+    [terms] = manifest["training_terms"]
+    assert terms["source"] == "firellava_generated" and terms["allowed_families"] == ["toy-llama"]
+    assert terms["records"] == summary["by_source"]["firellava_generated"] == 10 - 3
     card = (tmp_path / "clean" / "DATACARD.md").read_text()
     assert "## Decontamination against the evaluation images" in card and "they were removed" in card
+    assert "## Terms on what this data may train" in card and "`toy-llama`" in card
     assert f"| pope | {benches['pope']['eval_images']} | {len(on_pope)} |" in card
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from firellava.config import build
 from firellava.core.decontam import DecontamSpec, excluded_coco_ids
+from firellava.core.terms import TrainingTerms
 from firellava.datagen.contexts import TYPES, load_contexts, select_work
 from firellava.datagen.generate import (
     check_manifest,
@@ -78,6 +79,9 @@ class Teacher:
     commercial_use: bool
     name: str | None = None
     max_model_len: int | None = None  # the context engine.teacher reserves (its options interpolate this)
+    terms: TrainingTerms | None = (
+        None  # what its outputs may train (the mix carries it to the finetune stage)
+    )
 
     @property
     def display_name(self) -> str:

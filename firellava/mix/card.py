@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from firellava.core.records import SCHEMA
-from firellava.mix.decontam import render_section
+from firellava.mix import decontam, terms
 
 REASONS = {
     "noncommercial": "source's license does not allow commercial use",
@@ -68,7 +68,8 @@ def render_datacard(manifest: dict[str, Any]) -> str:
         "",
         _table(["reason", "source", "records"], excluded_rows) if excluded_rows else "None.",
         "",
-        *render_section(manifest.get("decontamination")),
+        *terms.render_section(manifest.get("training_terms")),
+        *decontam.render_section(manifest.get("decontamination")),
         "## Validation",
         "",
         f"Every selected record has the LLaVA schema: {SCHEMA}; and its image file passed the "

@@ -25,11 +25,13 @@ from firellava.config import build, to_node
 from firellava.core.decontam import DecontamSpec
 from firellava.core.io import atomic_path, iter_jsonl, staged_dir, write_json
 from firellava.core.records import record_problem
+from firellava.core.terms import TrainingTerms
 from firellava.mix.card import render_datacard
 from firellava.mix.decontam import EVAL_OVERLAP, decontaminate
 from firellava.mix.io import JsonListReader
 from firellava.mix.plan import draw, plan_counts, shuffle
 from firellava.mix.sources import Classifier, SourceSpec
+from firellava.mix.terms import training_terms
 from firellava.mix.validate import MISSING, OK, UNDECODABLE, check_images, images_digest
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class GeneratedSource:
     files: Sequence[str] = ()
     url: str = ""
     note: str = ""
+    terms: TrainingTerms | None = None  # the teacher licence's term on what its outputs may train
 
     def __post_init__(self) -> None:
         missing = [k for k in ("name", "license", "commercial_use") if getattr(self, k) in (None, "")]
@@ -423,6 +426,7 @@ def build_mix(
                     "commercial_use": s.commercial_use,
                     "url": s.url,
                     "note": s.note,
+                    "terms": s.terms.as_dict() if s.terms else None,
                     "in_input": pool.seen.get(name, 0),
                     "selected": take.get(name, 0),
                     "excluded": {r: excluded[r][name] for r in EXCLUSION_REASONS if excluded[r].get(name)},
@@ -438,6 +442,7 @@ def build_mix(
             "inputs": input_files,
             "images": images,
             "decontamination": decontamination.report,
+            "training_terms": training_terms(every, by_source),
             "dropped_records": dict(pool.dropped),
             "config": to_node(spec),
         }
