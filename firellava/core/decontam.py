@@ -81,7 +81,7 @@ def perceptual_hash(data: bytes) -> int | None:
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.draft("L", (128, 128))
+            im.draft("L", (32, 32))
             return int(str(imagehash.phash(im.convert("L"))), 16)
     except (
         Exception
