@@ -79,9 +79,8 @@ class Teacher:
     commercial_use: bool
     name: str | None = None
     max_model_len: int | None = None  # the context engine.teacher reserves (its options interpolate this)
-    terms: TrainingTerms | None = (
-        None  # what its outputs may train (the mix carries it to the finetune stage)
-    )
+    # what its outputs may train (the mix carries it to the finetune stage)
+    terms: TrainingTerms | None = None
 
     @property
     def display_name(self) -> str:
@@ -138,6 +137,7 @@ def generate_dataset(
     image_prefix = sources.image_prefix()
     eval_ids = excluded_coco_ids(spec.decontamination)
     candidates = [i for i in coco.contexts if i not in eval_ids]
+    excluded = len(coco.contexts) - len(candidates)
     work = shard_work(select_work(candidates, spec.counts, spec.seed), spec.shard_index, spec.num_shards)
     todo = chunks(work, spec.chunk_size)
     parts = out_dir / "parts"
@@ -154,7 +154,7 @@ def generate_dataset(
             chunk_size=spec.chunk_size,
             box_decimals=spec.box_decimals,
             coco=[str(sources.coco_instances), str(sources.coco_captions)],
-            excluded_eval_images=len(coco.contexts) - len(candidates),
+            excluded_eval_images=excluded,
         ),
         spec.overwrite,
     )
@@ -214,7 +214,7 @@ def generate_dataset(
                 "images": len(coco.contexts),
                 "images_without_captions": len(coco.without_captions),
                 # not selected because a configured benchmark evaluates on them (by COCO id)
-                "excluded_eval_images": len(coco.contexts) - len(candidates),
+                "excluded_eval_images": excluded,
             },
             "this_run": {k: round(v, 3) if isinstance(v, float) else v for k, v in run_info.items()},
         },

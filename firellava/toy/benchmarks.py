@@ -2,9 +2,11 @@
 
 Scenes come from the toy world's generator on their own random streams and image ids (900000 and up, apart from
 the training COCO ids), and the questions from its question generators, so every ground truth is true by
-construction. A few are training scenes on purpose (`shared`), as real benchmarks share images with training
-data: POPE shows two training COCO images under their val2014 names (same COCO id), and MM-Vet one re-encoded
-under its own name (only a perceptual hash finds it); the mix's decontamination must find and remove them. A model trained on the toy mix should score far above chance on the short-answer and yes/no ones.
+construction. A model trained on the toy mix should score far above chance on the short-answer and yes/no ones.
+
+A few are training scenes on purpose (`shared`), as real benchmarks share images with training data: POPE shows
+two training COCO images under their val2014 names (the same COCO id), and MM-Vet one re-encoded under its own
+name (only a perceptual hash finds it); the mix's decontamination must find and remove them.
 """
 
 from __future__ import annotations
