@@ -4,6 +4,7 @@ selection."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import random
@@ -218,3 +219,40 @@ def test_datagen_selection_leaves_out_benchmark_coco_images(world):
     assert excluded_coco_ids(DecontamSpec(spec.benchmarks, remove=False)) == set()
     images = BenchmarkImages(["pope"], str(world / "toy_world" / "data" / "eval")).images()
     assert {i.coco_id for i in images.by_benchmark["pope"]} >= set(pope_ids)
+
+
+class _Selected(Exception):
+    pass
+
+
+def test_datagen_selects_no_benchmark_image(world, monkeypatch, tmp_path):
+    from firellava.datagen import stage as datagen
+
+    cfg = mix_config(world)
+    spec = build(cfg.data_gen)
+    data = world / "toy_world" / "data"
+    sources = datagen.Sources(
+        str(data / "coco" / "annotations" / "instances_train.json"),
+        str(data / "coco" / "annotations" / "captions_train.json"),
+        str(data / "coco" / "train2017"),
+        str(data),
+    )
+
+    def capture(ids, counts, seed):
+        raise _Selected(sorted(ids))
+
+    monkeypatch.setattr(datagen, "select_work", capture)
+    pope_ids = json.loads((world / "scenes.json").read_text())[:2]
+    with pytest.raises(_Selected) as chosen:
+        datagen.generate_dataset(spec, build(cfg.teacher), sources, None, None, tmp_path / "a")
+    assert len(chosen.value.args[0]) == 10 - 2 and not set(pope_ids) & set(chosen.value.args[0])
+    with pytest.raises(_Selected) as chosen:
+        datagen.generate_dataset(
+            dataclasses.replace(spec, decontamination=None),
+            build(cfg.teacher),
+            sources,
+            None,
+            None,
+            tmp_path / "b",
+        )
+    assert set(pope_ids) <= set(chosen.value.args[0])

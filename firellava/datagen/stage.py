@@ -240,6 +240,7 @@ def generate_dataset(
         # The parser's acceptance rate: duplicates parse fine and are a later filter, not a parse failure.
         "parse_rate": round(1 - failed / stats["generated"], 4) if stats["generated"] else None,
         "per_type": {k: v["parsed"] for k, v in stats["per_type"].items()},
+        "excluded_eval_images": excluded,  # COCO images left out because a benchmark evaluates on them
         "shared_prefix_fraction": stats["shared_prefix_fraction"],
         "output_tokens_per_s": stats["output_tokens_per_s"],
         "seconds": round(time.perf_counter() - start, 1),
