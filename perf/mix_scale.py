@@ -2,7 +2,9 @@
 (and roughly the real 1 GB size), its reference files and 158K generated records; then the stage's classify +
 validate + quota + shuffle + write step with a target of 588,000, timed in a fresh process with its peak memory.
 Images are not decoded (the check is replaced by one that accepts every path): that step scales with the image
-count and the cores, and is measured separately in production.
+count and the cores, and is measured separately in production. Decontamination runs by COCO id against synthetic
+benchmark image lists the size of POPE's (500 val2014 images, all also training images here) and VQAv2 test-dev's
+(36,807 test2015 images); its perceptual hashing decodes images and is measured by perf/decontam_hash.py.
 
 Side by side, in the same way: a plain `json.load` of the same input file, what LLaVA-style tooling does.
 
@@ -13,6 +15,7 @@ Side by side, in the same way: a plain `json.load` of the same input file, what 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import resource
@@ -159,6 +162,29 @@ def accept_all(folder, images, *, mode, workers):
     return {rel: ("ok", "") for rel in set(images)}
 
 
+@dataclasses.dataclass(frozen=True)
+class SyntheticBenchmarks:
+    """POPE-sized and VQAv2-test-dev-sized image lists, named as those benchmarks name their files."""
+
+    seed: int = 1
+
+    def images(self):
+        from firellava.core.decontam import EvalImage, EvalImages
+
+        coco_ids = random.Random(0).sample(range(1, 600_000), 120_000)  # the ids `build` draws from
+        pope = [
+            EvalImage("pope", f"COCO_val2014_{i:012d}.jpg", path=Path(f"val2014/COCO_val2014_{i:012d}.jpg"))
+            for i in random.Random(self.seed).sample(coco_ids, 500)
+        ]
+        vqav2 = [
+            EvalImage(
+                "vqav2", f"COCO_test2015_{i:012d}.jpg", path=Path(f"test2015/COCO_test2015_{i:012d}.jpg")
+            )
+            for i in range(600_001, 600_001 + 36_807)
+        ]
+        return EvalImages({"pope": pope, "vqav2": vqav2})
+
+
 def measure_mix(work: Path, scale: float) -> dict:
     import logging
 
@@ -179,16 +205,25 @@ def measure_mix(work: Path, scale: float) -> dict:
             ],
         )
     spec = build(cfg.mix)
+    spec = dataclasses.replace(
+        spec,
+        decontamination=dataclasses.replace(
+            spec.decontamination, benchmarks=SyntheticBenchmarks(), perceptual_hash=False
+        ),
+    )
     inputs = MixInputs(
         work / "data" / "llava_v1_5_mix665k.json", work / "data", work / "datagen", work / "mix"
     )
     start, cpu = time.perf_counter(), time.process_time()
     summary = build_mix(spec, inputs, image_checker=accept_all)
+    decontamination = json.loads((work / "mix" / "manifest.json").read_text())["decontamination"]
     return {
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu,
         "total": summary["total"],
         "by_source": summary["by_source"],
+        "decontamination_seconds": decontamination["seconds"],
+        "decontamination_records": decontamination["records_touching_benchmarks"],
     }
 
 
@@ -250,6 +285,10 @@ def main() -> None:
             f"peak RSS {mix['peak_rss_mb']:.0f} MB, {mix['total']:,} records out"
         )
         print(f"  by source: {mix['by_source']}")
+        print(
+            f"  of which decontamination by COCO id: {mix['decontamination_seconds']} "
+            f"({mix['decontamination_records']:,} records on POPE/VQAv2-sized benchmark images removed)"
+        )
         print(
             f"plain json.load of the input alone: {load['seconds']:.1f}s wall, {load['cpu_seconds']:.1f}s CPU, "
             f"peak RSS {load['peak_rss_mb']:.0f} MB"

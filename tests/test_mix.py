@@ -89,7 +89,14 @@ def config(out: Path, *overrides: str):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(
             config_name="config",
-            overrides=["experiment=demo", f"paths.output_dir={out}", "mix.image_workers=1", *overrides],
+            overrides=[
+                "experiment=demo",
+                f"paths.output_dir={out}",
+                "mix.image_workers=1",
+                # this world has no benchmark files; decontamination has its own tests (test_decontam.py)
+                "mix.decontamination.require_benchmark_files=false",
+                *overrides,
+            ],
         )
 
 
@@ -325,7 +332,15 @@ def test_generated_records_of_every_datagen_shard(out):
 
 def test_cli_records_the_stage_in_summary(out):
     proc = subprocess.run(
-        [sys.executable, "-m", "firellava", "stages=[mix]", f"paths.output_dir={out}", "mix.image_workers=1"],
+        [
+            sys.executable,
+            "-m",
+            "firellava",
+            "stages=[mix]",
+            f"paths.output_dir={out}",
+            "mix.image_workers=1",
+            "mix.decontamination.require_benchmark_files=false",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -121,6 +121,10 @@ def test_export_round_trip_loads_and_generates(stages):
     [gen] = engine.generate([prompt], SamplingParams(max_tokens=4))
     assert gen.prompt_tokens > 36  # the processor expanded <image> to the model's 36 image tokens
     assert gen.completion_tokens <= 4 and gen.finish_reason in ("stop", "length")
+    # The model card ships with the weights; this data (the 665K-format file) came without a mix manifest.
+    card = (out / "README.md").read_text()
+    assert "came without a mix manifest" in card and "`toy-llama`" in card and "Not evaluated yet" in card
+    assert json.loads((out / "model_card.json").read_text())["training"]["steps"] == fine["steps"]
 
 
 def test_finished_stage_is_refused_not_redone(stages):

@@ -49,6 +49,9 @@ class ModelSpec:
     image_aspect_ratio: str = "pad"  # "pad": pad to square with the CLIP mean colour; "square": centre crop
     pad_to_multiple_of: int = 64
     dtype: str = "float32"
+    family: str | None = (
+        None  # the base LLM's model family, for licence terms on training data (core/terms.py)
+    )
 
     def __post_init__(self) -> None:
         if self.projector_type not in PROJECTOR_TYPES:

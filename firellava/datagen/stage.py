@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from firellava.config import build
+from firellava.core.decontam import DecontamSpec, excluded_coco_ids
+from firellava.core.terms import TrainingTerms
 from firellava.datagen.contexts import TYPES, load_contexts, select_work
 from firellava.datagen.generate import (
     check_manifest,
@@ -59,6 +61,7 @@ class DatagenSpec:
     overwrite: bool = False
     rules: ParseRules = field(default_factory=ParseRules)
     wandb: WandbSpec = field(default_factory=WandbSpec)
+    decontamination: DecontamSpec | None = None  # images the benchmarks evaluate on are not selected
 
     def __post_init__(self) -> None:
         unknown = set(self.counts) - set(TYPES)
@@ -76,6 +79,8 @@ class Teacher:
     commercial_use: bool
     name: str | None = None
     max_model_len: int | None = None  # the context engine.teacher reserves (its options interpolate this)
+    # what its outputs may train (the mix carries it to the finetune stage)
+    terms: TrainingTerms | None = None
 
     @property
     def display_name(self) -> str:
@@ -130,9 +135,10 @@ def generate_dataset(
     prompts = prompt_set(spec.prompt_set)
     coco = load_contexts(sources.coco_instances, sources.coco_captions)
     image_prefix = sources.image_prefix()
-    work = shard_work(
-        select_work(list(coco.contexts), spec.counts, spec.seed), spec.shard_index, spec.num_shards
-    )
+    eval_ids = excluded_coco_ids(spec.decontamination)
+    candidates = [i for i in coco.contexts if i not in eval_ids]
+    excluded = len(coco.contexts) - len(candidates)
+    work = shard_work(select_work(candidates, spec.counts, spec.seed), spec.shard_index, spec.num_shards)
     todo = chunks(work, spec.chunk_size)
     parts = out_dir / "parts"
     parts.mkdir(parents=True, exist_ok=True)
@@ -148,6 +154,7 @@ def generate_dataset(
             chunk_size=spec.chunk_size,
             box_decimals=spec.box_decimals,
             coco=[str(sources.coco_instances), str(sources.coco_captions)],
+            excluded_eval_images=excluded,
         ),
         spec.overwrite,
     )
@@ -203,7 +210,12 @@ def generate_dataset(
             "sampling": asdict(params),
             "seed": spec.seed,
             "shard": {"index": spec.shard_index, "count": spec.num_shards},
-            "coco": {"images": len(coco.contexts), "images_without_captions": len(coco.without_captions)},
+            "coco": {
+                "images": len(coco.contexts),
+                "images_without_captions": len(coco.without_captions),
+                # not selected because a configured benchmark evaluates on them (by COCO id)
+                "excluded_eval_images": excluded,
+            },
             "this_run": {k: round(v, 3) if isinstance(v, float) else v for k, v in run_info.items()},
         },
     )
@@ -228,6 +240,7 @@ def generate_dataset(
         # The parser's acceptance rate: duplicates parse fine and are a later filter, not a parse failure.
         "parse_rate": round(1 - failed / stats["generated"], 4) if stats["generated"] else None,
         "per_type": {k: v["parsed"] for k, v in stats["per_type"].items()},
+        "excluded_eval_images": excluded,  # COCO images left out because a benchmark evaluates on them
         "shared_prefix_fraction": stats["shared_prefix_fraction"],
         "output_tokens_per_s": stats["output_tokens_per_s"],
         "seconds": round(time.perf_counter() - start, 1),

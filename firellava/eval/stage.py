@@ -14,6 +14,7 @@ from typing import Any
 
 from firellava.config import build
 from firellava.core.io import write_jsonl
+from firellava.core.model_card import refresh_model_card
 from firellava.engines import Engine, EngineSpec, build_engine
 from firellava.eval.answers import (
     AnswerCache,
@@ -234,6 +235,10 @@ def _evaluate(
         "data_root": str(data_root),
     }
     files = write_report(out_dir, results, meta)
+    if not external:
+        card = refresh_model_card(checkpoint, {**meta, "benchmarks": results}, out_dir)
+        if card is not None:
+            log.info("model card with these results: %s", card)
     if spec.wandb:
         log_wandb(spec.wandb_project, results, meta, files["results_png"])
     return {

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from firellava.core.records import SCHEMA
+from firellava.mix import decontam, terms
 
 REASONS = {
     "noncommercial": "source's license does not allow commercial use",
     "invalid": "record failed schema validation",
     "missing_image": "image file missing",
     "undecodable_image": "image file does not decode",
+    "eval_overlap": "image is one a benchmark evaluates on",
     "quota": "left out by the quotas / target total",
 }
 
@@ -66,6 +68,8 @@ def render_datacard(manifest: dict[str, Any]) -> str:
         "",
         _table(["reason", "source", "records"], excluded_rows) if excluded_rows else "None.",
         "",
+        *terms.render_section(manifest.get("training_terms")),
+        *decontam.render_section(manifest.get("decontamination")),
         "## Validation",
         "",
         f"Every selected record has the LLaVA schema: {SCHEMA}; and its image file passed the "

@@ -19,6 +19,7 @@ from typing import Any
 
 from firellava.core.chat_format import IMAGE_TOKEN
 from firellava.core.io import read_json, sha256_file
+from firellava.core.terms import TrainingTerms
 from firellava.mix.io import JsonListReader
 
 _IMAGE_NUMBER = re.compile(r"(\d+)\.\w+$")
@@ -42,6 +43,7 @@ class SourceSpec:
     )
     url: str = ""
     note: str = ""
+    terms: TrainingTerms | None = None  # a licence term on which models the source's data may train
 
     def __post_init__(self) -> None:
         for key in ("license", "commercial_use"):

@@ -22,12 +22,16 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from firellava.config import build, to_node
+from firellava.core.decontam import DecontamSpec
 from firellava.core.io import atomic_path, iter_jsonl, staged_dir, write_json
 from firellava.core.records import record_problem
+from firellava.core.terms import TrainingTerms
 from firellava.mix.card import render_datacard
+from firellava.mix.decontam import EVAL_OVERLAP, decontaminate
 from firellava.mix.io import JsonListReader
 from firellava.mix.plan import draw, plan_counts, shuffle
 from firellava.mix.sources import Classifier, SourceSpec
+from firellava.mix.terms import training_terms
 from firellava.mix.validate import MISSING, OK, UNDECODABLE, check_images, images_digest
 
 log = logging.getLogger(__name__)
@@ -35,7 +39,7 @@ log = logging.getLogger(__name__)
 MANIFEST_FORMAT = "firellava-mix-manifest/1"
 WRITE_BLOCK_CHARS = 1 << 22
 LIST_LIMIT = 1000  # records named in one error message; the count is always given
-EXCLUSION_REASONS = ("noncommercial", "invalid", MISSING, UNDECODABLE, "quota")
+EXCLUSION_REASONS = ("noncommercial", "invalid", MISSING, UNDECODABLE, EVAL_OVERLAP, "quota")
 
 
 class ImageChecker(Protocol):
@@ -54,6 +58,7 @@ class GeneratedSource:
     files: Sequence[str] = ()
     url: str = ""
     note: str = ""
+    terms: TrainingTerms | None = None  # the teacher licence's term on what its outputs may train
 
     def __post_init__(self) -> None:
         missing = [k for k in ("name", "license", "commercial_use") if getattr(self, k) in (None, "")]
@@ -79,6 +84,7 @@ class MixSpec:
     seed: int = 42
     overwrite: bool = False
     output_name: str = "firellava_mix.json"
+    decontamination: DecontamSpec = field(default_factory=DecontamSpec)
 
     def __post_init__(self) -> None:
         if not self.sources:
@@ -374,6 +380,12 @@ def build_mix(
         if generated.name in permitted:
             input_files += _read_generated(generated, Path(inputs.datagen_dir), pool)
         images = _validate_images(pool, spec, inputs, image_checker)
+        decontamination = decontaminate(spec.decontamination, pool.items, Path(inputs.image_folder))
+        for name, items in decontamination.removed.items():
+            pool.excluded[EVAL_OVERLAP][name] += len(items)
+            pool.dropped[EVAL_OVERLAP] += [
+                {"source": name, "where": i.where, "id": i.id, "image": i.image} for i in items
+            ]
 
         available = {name: len(pool.items.get(name, ())) for name in permitted}
         take = plan_counts(available, spec.quotas, spec.target_total, spec.fill_source)
@@ -414,6 +426,7 @@ def build_mix(
                     "commercial_use": s.commercial_use,
                     "url": s.url,
                     "note": s.note,
+                    "terms": s.terms.as_dict() if s.terms else None,
                     "in_input": pool.seen.get(name, 0),
                     "selected": take.get(name, 0),
                     "excluded": {r: excluded[r][name] for r in EXCLUSION_REASONS if excluded[r].get(name)},
@@ -428,6 +441,8 @@ def build_mix(
             },
             "inputs": input_files,
             "images": images,
+            "decontamination": decontamination.report,
+            "training_terms": training_terms(every, by_source),
             "dropped_records": dict(pool.dropped),
             "config": to_node(spec),
         }
@@ -442,6 +457,13 @@ def build_mix(
         "mix_json": str(out_dir / spec.output_name),
         "manifest": str(out_dir / "manifest.json"),
         "commercially_usable": not included_nc,
+        "decontamination": {
+            "action": decontamination.report["action"],
+            "records_touching_benchmarks": decontamination.report["records_touching_benchmarks"],
+            "per_benchmark": {
+                b: e["training_records"] for b, e in decontamination.report["benchmarks"].items()
+            },
+        },
         "seconds": round(time.perf_counter() - start, 1),
     }
     log.info("mix done: %s", json.dumps(summary))

@@ -3,6 +3,10 @@
 Scenes come from the toy world's generator on their own random streams and image ids (900000 and up, apart from
 the training COCO ids), and the questions from its question generators, so every ground truth is true by
 construction. A model trained on the toy mix should score far above chance on the short-answer and yes/no ones.
+
+A few are training scenes on purpose (`shared`), as real benchmarks share images with training data: POPE shows
+two training COCO images under their val2014 names (the same COCO id), and MM-Vet one re-encoded under its own
+name (only a perceptual hash finds it); the mix's decontamination must find and remove them.
 """
 
 from __future__ import annotations
@@ -31,10 +35,14 @@ GQA_GENERATORS = (lang.relation_qa, lang.relative_shape_qa, lang.both_qa, lang.c
 NUMBER_WORDS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four"}
 
 
+SHARED_JPEG_QUALITY = 80  # a training scene shown under another name is re-encoded, as a copy found online is
+
+
 class _World:
-    def __init__(self, seed: int, name: str) -> None:
+    def __init__(self, seed: int, name: str, shared: Sequence[Scene] = ()) -> None:
         self.rng = random.Random(f"eval-toy/{seed}/{name}")
         self.next_id = FIRST_IMAGE_ID + 10_000 * sorted(WRITERS).index(name)
+        self.shared = list(shared)  # training scenes this benchmark reuses
 
     def scene(self, with_word: bool = False) -> Scene:
         self.next_id += 1
@@ -164,6 +172,7 @@ def pope(root: Path, w: _World, n: int) -> None:
     numbers them per category from `POPE_QUESTION_ID_BASE`, in the same order (the scorer pairs by position)."""
     per_split = max(2, n // len(POPE_SPLITS))
     scenes = [w.scene() for _ in range(max(1, per_split // 2))]
+    scenes[: len(w.shared)] = w.shared[: len(scenes)]  # training COCO images, under their val2014 names
     frequency = Counter(lang.phrase(s) for sc in scenes for s in sc.shapes)
     rows: dict[str, list[dict]] = {}
     for split in POPE_SPLITS:
@@ -412,7 +421,19 @@ def mm_vet(root: Path, w: _World, n: int) -> None:
         gen = list(capabilities)[i % len(capabilities)]
         scene, q, a = w.qa((gen,), with_word=gen is lang.text_qa)
         image = f"v1_{i}.jpg"
-        _save(scene, root / "images" / image)
+        # A training scene, re-encoded under MM-Vet's name, asked what the first generator that can asks.
+        shared = (
+            next(((g, qa) for g in capabilities if (qa := g(w.shared[i], w.rng)) is not None), None)
+            if i < len(w.shared)
+            else None
+        )
+        if shared is not None:
+            scene, gen, (q, a) = w.shared[i], shared[0], shared[1]
+            path = root / "images" / image
+            path.parent.mkdir(parents=True, exist_ok=True)
+            draw_scene(scene).save(path, format="JPEG", quality=SHARED_JPEG_QUALITY)
+        else:
+            _save(scene, root / "images" / image)
         records[f"v1_{i}"] = {"imagename": image, "question": q, "answer": a, "capability": capabilities[gen]}
     write_json(root / "mm-vet.json", records)
 
@@ -425,10 +446,14 @@ WRITERS: dict[str, Callable[[Path, _World, int], None]] = {
 WRITER_OF = {"mmbench_cn": "mmbench"}  # both MMBench files come from one writer
 
 
+SHARED_WITH = {"pope": slice(0, 2), "mm_vet": slice(2, 3)}  # which of `shared` each benchmark reuses
+
+
 def write_toy_benchmarks(
-    root: str | Path, names: Sequence[str], *, seed: int, questions: int
+    root: str | Path, names: Sequence[str], *, seed: int, questions: int, shared: Sequence[Scene] = ()
 ) -> dict[str, str]:
-    """Write each named benchmark's toy files under `root/<its dirname>` (skipping ones already written)."""
+    """Write each named benchmark's toy files under `root/<its dirname>` (skipping ones already written).
+    `shared`: training scenes to reuse (the first two in POPE, the third in MM-Vet; see the module doc)."""
     from firellava.eval.benchmarks import BENCHMARKS
 
     root = Path(root)
@@ -437,7 +462,8 @@ def write_toy_benchmarks(
         folder = root / BENCHMARKS[name].dirname
         marker = folder / ".toy_complete"
         if not marker.exists():
-            WRITERS[name](folder, _World(seed, name), questions)
+            reused = list(shared)[SHARED_WITH[name]] if name in SHARED_WITH else []
+            WRITERS[name](folder, _World(seed, name, reused), questions)
             write_json(marker, {"seed": seed, "questions": questions}, indent=None)
         elif read_json(marker) != {"seed": seed, "questions": questions}:
             raise FileExistsError(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +92,16 @@ class ToyData:
     okvqa_questions: Path
     okvqa_annotations: Path
     counts: dict[str, Any]
+    # The COCO scenes themselves: the toy benchmarks reuse a few, so that decontamination has overlaps to find.
+    coco_scenes: tuple[Scene, ...] = field(default=(), repr=False, compare=False)
 
     def summary(self) -> dict[str, Any]:
         """Paths as strings and counts: what the stage records in its summary JSON."""
-        out: dict[str, Any] = {f.name: str(getattr(self, f.name)) for f in fields(self) if f.name != "counts"}
+        out: dict[str, Any] = {
+            f.name: str(getattr(self, f.name))
+            for f in fields(self)
+            if f.name not in ("counts", "coco_scenes")
+        }
         out["counts"] = {k: dict(v) if isinstance(v, dict) else v for k, v in self.counts.items()}
         return out
 
@@ -577,4 +583,5 @@ def build_toy_data(
             "vqav2_questions": len(ctx.vqa_questions["vqav2"]),
             "okvqa_questions": len(ctx.vqa_questions["okvqa"]),
         },
+        coco_scenes=tuple(coco),
     )

@@ -92,7 +92,11 @@ def build_toy_world(out_dir: Path, spec: ToyWorldSpec) -> dict[str, Any]:
         models["teacher"] = tmp / "models" / "teacher"
         teacher = train_toy_teacher(spec.teacher, models["tokenizer"], models["teacher"], spec.seed)
         benchmarks = write_toy_benchmarks(
-            tmp / "data" / "eval", list(BENCHMARKS), seed=spec.seed, questions=spec.benchmark_questions
+            tmp / "data" / "eval",
+            list(BENCHMARKS),
+            seed=spec.seed,
+            questions=spec.benchmark_questions,
+            shared=data.coco_scenes[:3],
         )
         summary = data.summary()
         summary["models"] = {name: str(path) for name, path in models.items()}

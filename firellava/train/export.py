@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PretrainedConfig
 
 from firellava.core.io import read_json, write_json
+from firellava.core.model_card import CARD_DATA_FILE, write_model_card
 
 PROJECTOR_FILE = "projector.safetensors"
 RESULT_FILE = "train_result.json"
@@ -107,6 +108,15 @@ def save_model_dir(tmp: Path, state_dict: Mapping[str, torch.Tensor], model: Any
     model.save_pretrained(tmp, state_dict=dict(state_dict))
     published_vision_names(tmp)
     processor.save_pretrained(tmp)
+
+
+def save_card(tmp: Path, card: Mapping[str, Any], result: Mapping[str, Any]) -> None:
+    """The model card (README.md) and its facts (model_card.json), with this training run added."""
+    training = {k: result.get(k) for k in ("steps", "final_loss", "zero_stage", "train_seconds")}
+    training["device"] = result.get("runtime", {}).get("device")
+    card = {**card, "training": training}
+    write_json(tmp / CARD_DATA_FILE, card)
+    write_model_card(tmp, card)
 
 
 def published_name(name: str) -> str:

@@ -10,6 +10,7 @@ worker's whole result (`train_result.json`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,9 +26,11 @@ from omegaconf import DictConfig
 from firellava.config import build, to_node
 from firellava.core.io import atomic_path, read_json
 from firellava.core.model_builder import ModelSpec
+from firellava.core.model_card import card_data
 from firellava.core.net import free_port
 from firellava.train.export import RESULT_FILE
 from firellava.train.spec import DeepSpeedSpec, TrainSpec, WorkerJob
+from firellava.train.terms import check_terms
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -64,8 +67,12 @@ def launch(train: TrainSpec, model: ModelSpec, deepspeed: DeepSpeedSpec, stage: 
         shutil.rmtree(out)
     job_dir = out / ".launch"
     job_dir.mkdir(parents=True, exist_ok=True)
+    card = None
+    if stage == "finetune":  # a refused model fails here, before any process starts
+        manifest, terms = check_terms(spec.data_json, model, train.allow_terms_override)
+        card = card_data(dataclasses.asdict(model), manifest, terms)
     # overwrite=False for the workers: the directory was cleared above
-    job = WorkerJob(stage=stage, spec=spec, model=model, deepspeed=ds_config, overwrite=False)
+    job = WorkerJob(stage=stage, spec=spec, model=model, deepspeed=ds_config, overwrite=False, card=card)
     with atomic_path(job_dir / "job.json") as tmp:
         tmp.write_text(json.dumps(to_node(job), indent=1), encoding="utf-8")
     port = train.master_port or free_port()

@@ -77,6 +77,8 @@ class TrainSpec:
     hostfile: str | None = None
     master_port: int | None = None  # None: a free port
     overwrite: bool = False  # a finished stage directory is refused unless true; an unfinished one resumes
+    # finetune on data whose licence terms do not allow model.family (train/terms.py); logged, and in the card
+    allow_terms_override: bool = False
 
     def stage(self, name: str) -> StageSpec:
         if name not in STAGE_NAMES:
@@ -110,6 +112,9 @@ class WorkerJob:
     model: ModelSpec
     deepspeed: dict[str, Any]
     overwrite: bool = False
+    card: dict[str, Any] | None = (
+        None  # finetune: the model card's facts (core/model_card.py), written with it
+    )
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from firellava.train.export import (
     RESULT_FILE,
     group_of,
     load_projector,
+    save_card,
     save_model_dir,
     save_projector,
     set_use_cache,
@@ -160,9 +161,16 @@ def training_arguments(
 
 
 def train_stage(
-    stage: str, spec: StageSpec, model_spec: ModelSpec, ds_config: dict[str, Any], *, overwrite: bool = False
+    stage: str,
+    spec: StageSpec,
+    model_spec: ModelSpec,
+    ds_config: dict[str, Any],
+    *,
+    overwrite: bool = False,
+    card: Mapping[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Run one stage; rank 0 writes the outputs and returns the result, other ranks return None."""
+    """Run one stage; rank 0 writes the outputs and returns the result, other ranks return None. `card`: the
+    model card's facts, written with a finetuned model (with the training run added)."""
     rank, world = _world()
     cuda = torch.cuda.is_available()
     out = Path(spec.output_dir).resolve()
@@ -293,6 +301,14 @@ def train_stage(
     if stage == "pretrain":
         write_outputs(out, lambda tmp: save_projector(tmp, state_dict, model), result)
     else:
-        write_outputs(out, lambda tmp: save_model_dir(tmp, state_dict, model, processor), result)
+        if card is not None:
+            result["terms"] = card["terms"]["statement"]
+
+        def save(tmp: Path) -> None:
+            save_model_dir(tmp, state_dict, model, processor)
+            if card is not None:
+                save_card(tmp, card, result)
+
+        write_outputs(out, save, result)
     log.info("%s done: %s", stage, result)
     return result

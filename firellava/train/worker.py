@@ -47,7 +47,7 @@ def main(argv: list[str]) -> None:
         stream=sys.stdout,
     )
     job: WorkerJob = build(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
-    train_stage(job.stage, job.spec, job.model, job.deepspeed, overwrite=job.overwrite)
+    train_stage(job.stage, job.spec, job.model, job.deepspeed, overwrite=job.overwrite, card=job.card)
 
 
 if __name__ == "__main__":
