@@ -33,8 +33,9 @@ class NearDupSpec:
     num_perm: int = 128
 
     def __post_init__(self) -> None:
-        if not 0 < self.threshold <= 1:
-            raise ValueError(f"near_duplicates.threshold must be in (0, 1], got {self.threshold}")
+        if not 0 < self.threshold < 1:
+            # 1 would be exact duplicates, which datagen already rejects; LSH needs room for two bands.
+            raise ValueError(f"near_duplicates.threshold must be in (0, 1), got {self.threshold}")
         if self.shingle_words < 1 or self.num_perm < 16:
             raise ValueError("near_duplicates: shingle_words must be >= 1 and num_perm >= 16")
 
