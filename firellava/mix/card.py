@@ -11,6 +11,7 @@ REASONS = {
     "invalid": "record failed schema validation",
     "missing_image": "image file missing",
     "undecodable_image": "image file does not decode",
+    "near_duplicate": "generated record near-duplicates another source's record of the same image",
     "quota": "left out by the quotas / target total",
 }
 
@@ -19,6 +20,20 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _near_duplicate_lines(nd: dict[str, Any]) -> list[str]:
+    lines = ["## Near-duplicates", ""]
+    if not nd["enabled"]:
+        return lines + ["Not checked (`mix.near_duplicates.enabled=false`).", ""]
+    return lines + [
+        f"{nd['removed']:,} generated records removed: each near-duplicated a record of another source for the "
+        f"same image (Jaccard similarity >= {nd['threshold']} over {nd['shingle_words']}-word shingles, MinHash "
+        f"LSH with {nd['num_perm']} permutations); {nd['generated_checked']:,} generated and "
+        f"{nd['permissive_checked']:,} other records on {nd['shared_images']:,} shared images were compared. "
+        "Near-duplicates within the generated data were removed by the datagen stage (its data card).",
+        "",
+    ]
 
 
 def render_datacard(manifest: dict[str, Any]) -> str:
@@ -66,6 +81,7 @@ def render_datacard(manifest: dict[str, Any]) -> str:
         "",
         _table(["reason", "source", "records"], excluded_rows) if excluded_rows else "None.",
         "",
+        *_near_duplicate_lines(manifest.get("near_duplicates", {"enabled": False})),
         "## Validation",
         "",
         f"Every selected record has the LLaVA schema: {SCHEMA}; and its image file passed the "

@@ -23,8 +23,10 @@ from typing import Any, NamedTuple, Protocol
 
 from firellava.config import build, to_node
 from firellava.core.io import atomic_path, iter_jsonl, staged_dir, write_json
+from firellava.core.neardup import NearDupSpec
 from firellava.core.records import record_problem
 from firellava.mix.card import render_datacard
+from firellava.mix.dedup import drop_generated_near_duplicates
 from firellava.mix.io import JsonListReader
 from firellava.mix.plan import draw, plan_counts, shuffle
 from firellava.mix.sources import Classifier, SourceSpec
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 MANIFEST_FORMAT = "firellava-mix-manifest/1"
 WRITE_BLOCK_CHARS = 1 << 22
 LIST_LIMIT = 1000  # records named in one error message; the count is always given
-EXCLUSION_REASONS = ("noncommercial", "invalid", MISSING, UNDECODABLE, "quota")
+EXCLUSION_REASONS = ("noncommercial", "invalid", MISSING, UNDECODABLE, "near_duplicate", "quota")
 
 
 class ImageChecker(Protocol):
@@ -76,6 +78,9 @@ class MixSpec:
     drop_invalid: bool = False
     image_check: str = "decode"
     image_workers: int | None = None
+    near_duplicates: NearDupSpec = field(
+        default_factory=NearDupSpec
+    )  # generated vs other sources, same image
     seed: int = 42
     overwrite: bool = False
     output_name: str = "firellava_mix.json"
@@ -274,6 +279,17 @@ def _validate_images(
     }
 
 
+def _drop_near_duplicates(pool: _Pool, generated: str, spec: NearDupSpec) -> dict[str, Any]:
+    if not spec.enabled:
+        return {"enabled": False}
+    dropped, figures = drop_generated_near_duplicates(pool.items, generated, spec)
+    if dropped:
+        pool.excluded["near_duplicate"][generated] += len(dropped)
+        pool.dropped["near_duplicate"] += dropped
+    log.info("mix: %d generated records near-duplicate a record of the same image", len(dropped))
+    return {"enabled": True, **figures}
+
+
 def _write_mix(path: Path, records: list[tuple[str, _Item]], licenses: dict[str, str]) -> tuple[str, int]:
     """Stream the JSON list to a temporary file, hashing it on the way; rename when complete.
 
@@ -374,6 +390,7 @@ def build_mix(
         if generated.name in permitted:
             input_files += _read_generated(generated, Path(inputs.datagen_dir), pool)
         images = _validate_images(pool, spec, inputs, image_checker)
+        near_duplicates = _drop_near_duplicates(pool, generated.name, spec.near_duplicates)
 
         available = {name: len(pool.items.get(name, ())) for name in permitted}
         take = plan_counts(available, spec.quotas, spec.target_total, spec.fill_source)
@@ -428,6 +445,7 @@ def build_mix(
             },
             "inputs": input_files,
             "images": images,
+            "near_duplicates": near_duplicates,
             "dropped_records": dict(pool.dropped),
             "config": to_node(spec),
         }
@@ -442,6 +460,7 @@ def build_mix(
         "mix_json": str(out_dir / spec.output_name),
         "manifest": str(out_dir / "manifest.json"),
         "commercially_usable": not included_nc,
+        "near_duplicates_removed": near_duplicates["removed"] if near_duplicates["enabled"] else None,
         "seconds": round(time.perf_counter() - start, 1),
     }
     log.info("mix done: %s", json.dumps(summary))
