@@ -9,13 +9,14 @@ datasketch's default SHA-1); the MinHash permutations are seeded, so a run is re
 
 from __future__ import annotations
 
+import functools
 import re
 import zlib
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from datasketch import LeanMinHash, MinHash, MinHashLSH
+from datasketch import MinHash, MinHashLSH
 
 from firellava.core.chat_format import IMAGE_TOKEN
 
@@ -52,9 +53,19 @@ def shingles(text: str, k: int) -> set[bytes]:
     return {" ".join(words[i : i + k]).encode() for i in range(len(words) - k + 1)}
 
 
-def signatures(texts: Sequence[str], spec: NearDupSpec) -> list[LeanMinHash]:
-    sets = [shingles(t, spec.shingle_words) for t in texts]
-    return MinHash.bulk(sets, num_perm=spec.num_perm, seed=SEED, hashfunc=zlib.crc32)
+@functools.lru_cache(maxsize=4)
+def _empty(num_perm: int) -> MinHash:
+    # Drawing the permutations is most of the cost of one short text's signature: draw them once, copy after.
+    return MinHash(num_perm=num_perm, seed=SEED, hashfunc=zlib.crc32)
+
+
+def signatures(texts: Sequence[str], spec: NearDupSpec) -> list[MinHash]:
+    out = []
+    for text in texts:
+        m = _empty(spec.num_perm).copy()
+        m.update_batch(list(shingles(text, spec.shingle_words)))
+        out.append(m)
+    return out
 
 
 class NearDupIndex:
@@ -63,9 +74,9 @@ class NearDupIndex:
     def __init__(self, spec: NearDupSpec) -> None:
         self.spec = spec
         self.lsh = MinHashLSH(threshold=spec.threshold, num_perm=spec.num_perm)
-        self.kept: dict[Hashable, LeanMinHash] = {}
+        self.kept: dict[Hashable, MinHash] = {}
 
-    def best_match(self, sig: LeanMinHash, accept=lambda key: True) -> tuple[Hashable, float] | None:
+    def best_match(self, sig: MinHash, accept=lambda key: True) -> tuple[Hashable, float] | None:
         best = None
         for key in self.lsh.query(sig):
             if not accept(key):
@@ -75,7 +86,7 @@ class NearDupIndex:
                 best = (key, j)
         return best
 
-    def add(self, key: Hashable, sig: LeanMinHash) -> None:
+    def add(self, key: Hashable, sig: MinHash) -> None:
         self.lsh.insert(key, sig, check_duplication=False)
         self.kept[key] = sig
 

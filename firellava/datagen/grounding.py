@@ -112,6 +112,7 @@ class Lexicon:
             for phrase in syn.KINDS.get(cat, ()):
                 self._add(phrase, Entry(cat, False))
         self.longest = max((len(k) for k in self.phrases), default=1)
+        self.first_words = {k[0] for k in self.phrases}
 
     def _add(self, phrase: str, entry: Entry) -> None:
         words = phrase.lower().split()
@@ -168,6 +169,9 @@ def mentions(text: str, lexicon: Lexicon) -> list[Mention]:
         found: list[tuple[int, int, Entry]] = []
         i = 0
         while i < len(tokens):
+            if tokens[i] not in lexicon.first_words:
+                i += 1
+                continue
             for n in range(min(lexicon.longest, len(tokens) - i), 0, -1):
                 entry = lexicon.phrases.get(tuple(tokens[i : i + n]))
                 if entry is None:
