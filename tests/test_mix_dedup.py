@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 from firellava.core.instructions import SHORT_ANSWER
-from firellava.core.io import read_json
+from firellava.core.io import read_json, write_json
+from firellava.datagen.grounding import GroundingSpec, GroundingTally, Lexicon, check_answers, truth_of
 from firellava.mix.stage import run
 from firellava.toy.data import build_toy_data
 from tests.test_mix import PER_SOURCE, config, mix_path
@@ -49,7 +50,31 @@ def test_generated_near_duplicate_of_same_image_is_dropped_and_counted(tmp_path)
         (out / "datagen" / f"{kind}.jsonl").write_text("".join(line + "\n" for line in lines))
 
     summary = run(config(out))
+    card = (Path(summary["dir"]) / "DATACARD.md").read_text()
+    assert summary["generated_grounding"] is None and "Not available" in card  # no stats.json yet
+
+    # The datagen stage's stats.json: its grounding figures travel into the mix's manifest, card and summary.
+    lexicon = Lexicon(["circle", "square"])
+    tally = GroundingTally(("conversation", "detail", "complex_reasoning"), 3)
+    truth = truth_of([], [], lexicon)
+    tally.add("conversation", "c-1", check_answers(["A red square."], truth, lexicon))
+    tally.add("conversation", "c-2", check_answers(["Nothing."], truth, lexicon))
+    write_json(
+        out / "datagen" / "stats.json",
+        {
+            "rejected": {"hallucination": 1, "count_mismatch": 0, "near_duplicate": 2, "duplicate": 0},
+            "grounding": {**GroundingSpec().__dict__, "categories": 2, **tally.summary()},
+        },
+    )
+    summary = run(config(out, "mix.overwrite=true"))
     manifest = read_json(Path(summary["manifest"]))
+    checks = manifest["generated_checks"]
+    assert checks["rejected"]["hallucination"] == 1 and checks["rejected"]["near_duplicate"] == 2
+    assert (
+        checks["overall"]["chair_s"] == 0.5
+        and checks["per_type"]["conversation"]["examples"][0]["id"] == "c-1"
+    )
+    assert summary["generated_grounding"]["chair_i"] == 1.0
     nd = manifest["near_duplicates"]
     assert nd["enabled"] and nd["removed"] == 1 and nd["shared_images"] == 2 and nd["generated_checked"] == 3
     assert manifest["excluded"]["near_duplicate"] == {"firellava_generated": 1}
@@ -60,6 +85,7 @@ def test_generated_near_duplicate_of_same_image_is_dropped_and_counted(tmp_path)
     assert kept == {"copy-other-image", "own-text"}
     card = (Path(summary["dir"]) / "DATACARD.md").read_text()
     assert "## Near-duplicates" in card and "1 generated records removed" in card
+    assert "## Grounding of the generated records" in card and '"square" -> square (not in the image)' in card
 
     off = run(config(out, "mix.near_duplicates.enabled=false", "mix.overwrite=true"))
     assert off["by_source"]["firellava_generated"] == 3 and off["near_duplicates_removed"] is None

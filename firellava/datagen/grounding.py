@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from firellava.core.chair import TOTALS, chair_rates
 from firellava.datagen import synonyms as syn
 
 
@@ -315,21 +316,11 @@ class GroundingCheck:
         return None
 
 
-RATE_KEYS = (
-    "records",
-    "mentions",
-    "hallucinated",
-    "records_hallucinating",
-    "count_claims",
-    "count_mismatches",
-)
-
-
 class GroundingTally:
     """Per-type totals over every checked record (kept or rejected), for stats.json and the data card."""
 
     def __init__(self, types: Sequence[str], examples: int) -> None:
-        self.totals = {t: dict.fromkeys(RATE_KEYS, 0) for t in types}
+        self.totals = {t: dict.fromkeys(TOTALS, 0) for t in types}
         self.examples: dict[str, list[dict[str, Any]]] = {t: [] for t in types}
         self.limit = examples
 
@@ -350,17 +341,10 @@ class GroundingTally:
                 self.examples[kind].append(example | {"clause": m.clause})
 
     def summary(self) -> dict[str, Any]:
-        def rates(t: Mapping[str, int]) -> dict[str, Any]:
-            return {
-                **t,
-                "chair_i": round(t["hallucinated"] / t["mentions"], 4) if t["mentions"] else None,
-                "chair_s": round(t["records_hallucinating"] / t["records"], 4) if t["records"] else None,
-            }
-
-        overall = {k: sum(t[k] for t in self.totals.values()) for k in RATE_KEYS}
+        overall = {k: sum(t[k] for t in self.totals.values()) for k in TOTALS}
         return {
-            "overall": rates(overall),
+            "overall": chair_rates(overall),
             "per_type": {
-                kind: rates(t) | {"examples": self.examples[kind]} for kind, t in self.totals.items()
+                kind: chair_rates(t) | {"examples": self.examples[kind]} for kind, t in self.totals.items()
             },
         }

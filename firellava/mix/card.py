@@ -36,6 +36,42 @@ def _near_duplicate_lines(nd: dict[str, Any]) -> list[str]:
     ]
 
 
+def _generated_check_lines(g: dict[str, Any] | None) -> list[str]:
+    lines = ["## Grounding of the generated records", ""]
+    if g is None:
+        return lines + [
+            "Not available: the generated records came without the datagen stage's `stats.json`.",
+            "",
+        ]
+    rows = [
+        [
+            kind,
+            f"{t['records']:,}",
+            t["chair_i"],
+            t["chair_s"],
+            f"{t['count_claims']:,}",
+            f"{t['count_mismatches']:,}",
+        ]
+        for kind, t in [*g["per_type"].items(), ("all", g["overall"])]
+    ]
+    rejected = ", ".join(f"{reason} {n:,}" for reason, n in g["rejected"].items())
+    examples = [
+        f'- {kind} `{e["id"]}`: "{e["phrase"]}" -> {e["category"]} ({e["what"]})'
+        for kind, t in g["per_type"].items()
+        for e in t["examples"]
+    ]
+    return lines + [
+        "The datagen stage checked every generated answer's object mentions and stated counts against the image's "
+        "COCO annotations (CHAIR_i: hallucinated / mentioned categories; CHAIR_s: records with any) and rejected "
+        f"records with CHAIR_i above {g['max_hallucination_rate']} or more than {g['max_count_mismatches']} wrong "
+        f"count(s). Rates are over every checked record, kept or rejected; rejected there: {rejected}.",
+        "",
+        _table(["type", "records", "CHAIR_i", "CHAIR_s", "count claims", "count mismatches"], rows),
+        "",
+        *(["Caught mentions (examples):", "", *examples, ""] if examples else []),
+    ]
+
+
 def render_datacard(manifest: dict[str, Any]) -> str:
     sources = manifest["sources"]
     rows = [
@@ -82,6 +118,7 @@ def render_datacard(manifest: dict[str, Any]) -> str:
         _table(["reason", "source", "records"], excluded_rows) if excluded_rows else "None.",
         "",
         *_near_duplicate_lines(manifest.get("near_duplicates", {"enabled": False})),
+        *_generated_check_lines(manifest.get("generated_checks")),
         "## Validation",
         "",
         f"Every selected record has the LLaVA schema: {SCHEMA}; and its image file passed the "

@@ -27,6 +27,7 @@ from firellava.core.neardup import NearDupSpec
 from firellava.core.records import record_problem
 from firellava.mix.card import render_datacard
 from firellava.mix.dedup import drop_generated_near_duplicates
+from firellava.mix.generated_checks import read_generated_checks
 from firellava.mix.io import JsonListReader
 from firellava.mix.plan import draw, plan_counts, shuffle
 from firellava.mix.sources import Classifier, SourceSpec
@@ -387,8 +388,13 @@ def build_mix(
             {"role": "reference", "path": str(r.path), "sha256": r.sha256, "records": r.entries}
             for r in classifier.references
         ]
+        generated_checks = None
         if generated.name in permitted:
-            input_files += _read_generated(generated, Path(inputs.datagen_dir), pool)
+            generated_inputs = _read_generated(generated, Path(inputs.datagen_dir), pool)
+            input_files += generated_inputs
+            generated_checks = read_generated_checks(
+                sorted({Path(f["path"]).parent for f in generated_inputs})
+            )
         images = _validate_images(pool, spec, inputs, image_checker)
         near_duplicates = _drop_near_duplicates(pool, generated.name, spec.near_duplicates)
 
@@ -446,6 +452,7 @@ def build_mix(
             "inputs": input_files,
             "images": images,
             "near_duplicates": near_duplicates,
+            "generated_checks": generated_checks,
             "dropped_records": dict(pool.dropped),
             "config": to_node(spec),
         }
@@ -461,6 +468,12 @@ def build_mix(
         "manifest": str(out_dir / "manifest.json"),
         "commercially_usable": not included_nc,
         "near_duplicates_removed": near_duplicates["removed"] if near_duplicates["enabled"] else None,
+        "generated_grounding": (
+            {k: generated_checks["overall"][k] for k in ("chair_i", "chair_s", "count_mismatches")}
+            | {"rejected": generated_checks["rejected"]}
+            if generated_checks
+            else None
+        ),
         "seconds": round(time.perf_counter() - start, 1),
     }
     log.info("mix done: %s", json.dumps(summary))
