@@ -79,9 +79,8 @@ class MixSpec:
     drop_invalid: bool = False
     image_check: str = "decode"
     image_workers: int | None = None
-    near_duplicates: NearDupSpec = field(
-        default_factory=NearDupSpec
-    )  # generated vs other sources, same image
+    # Generated records against other sources' records of the same image (mix/dedup.py).
+    near_duplicates: NearDupSpec = field(default_factory=NearDupSpec)
     seed: int = 42
     overwrite: bool = False
     output_name: str = "firellava_mix.json"
