@@ -152,6 +152,12 @@ def test_rejects_are_counted_with_rates_and_examples(coco):
         ("He wears an orange shirt.", {"person": 1}, [], []),
         ("People walk past a man-made pond with a two-year-old girl.", {"person": 3}, [], []),
         ("Passengers wait at the bus stop.", {"person": 2}, [], []),
+        (
+            "The cat sleeps on the laptop keyboard next to a TV remote.",
+            {"cat": 1, "laptop": 1, "remote": 1},
+            [],
+            [],
+        ),
         # negation and hedges assert nothing
         ("There is no cat in the room, and the dog isn't near a car.", {"dog": 1}, [], []),
         ("The man might be waiting for a bus.", {"person": 1}, [], []),

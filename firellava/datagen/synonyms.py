@@ -20,7 +20,7 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "motorcycle": ("motorcycle", "motorbike", "motor bike"),
     "airplane": ("airplane", "aeroplane", "plane", "aircraft", "airliner", "jetliner", "jet"),
     "bus": ("bus",),
-    "train": ("train", "locomotive"),
+    "train": ("train", "locomotive", "train car"),
     "truck": ("truck", "lorry"),
     "boat": ("boat", "ship"),
     "traffic light": ("traffic light", "stop light", "stoplight", "traffic signal"),
@@ -77,7 +77,8 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "dining table": ("dining table", "table"),
     "toilet": ("toilet",),
     "tv": ("tv", "television", "television set", "tv screen", "monitor", "computer monitor"),
-    "laptop": ("laptop", "laptop computer", "notebook computer"),
+    # A laptop's own keyboard and screen are the laptop, not COCO's keyboard or tv.
+    "laptop": ("laptop", "laptop computer", "notebook computer", "laptop keyboard", "laptop screen"),
     "mouse": ("mouse", "computer mouse"),
     "remote": ("remote", "remote control"),
     "keyboard": ("keyboard",),
