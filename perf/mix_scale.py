@@ -6,7 +6,9 @@ count and the cores, and is measured separately in production. Decontamination r
 benchmark image lists the size of POPE's (500 val2014 images, all also training images here) and VQAv2 test-dev's
 (36,807 test2015 images); its perceptual hashing decodes images and is measured by perf/decontam_hash.py.
 
-Side by side, in the same way: a plain `json.load` of the same input file, what LLaVA-style tooling does.
+Side by side, in the same way: the stage without its near-duplicate check (generated vs other sources of the same
+image, MinHash LSH), to show that check's cost, and a plain `json.load` of the same input file, what LLaVA-style
+tooling does.
 
     .venv/bin/python perf/mix_scale.py                # full scale (about 1 GB written under --workdir)
     .venv/bin/python perf/mix_scale.py --scale 0.05   # a quick look
@@ -185,7 +187,7 @@ class SyntheticBenchmarks:
         return EvalImages({"pope": pope, "vqav2": vqav2})
 
 
-def measure_mix(work: Path, scale: float) -> dict:
+def measure_mix(work: Path, scale: float, near_duplicates: bool = True) -> dict:
     import logging
 
     from hydra import compose, initialize_config_dir
@@ -202,6 +204,8 @@ def measure_mix(work: Path, scale: float) -> dict:
                 "experiment=firellava_13b",
                 f"paths.data_root={work / 'data'}",
                 f"mix.target_total={target}",
+                f"mix.near_duplicates.enabled={str(near_duplicates).lower()}",
+                "mix.overwrite=true",
             ],
         )
     spec = build(cfg.mix)
@@ -216,7 +220,8 @@ def measure_mix(work: Path, scale: float) -> dict:
     )
     start, cpu = time.perf_counter(), time.process_time()
     summary = build_mix(spec, inputs, image_checker=accept_all)
-    decontamination = json.loads((work / "mix" / "manifest.json").read_text())["decontamination"]
+    manifest = json.loads(Path(summary["manifest"]).read_text())
+    decontamination = manifest["decontamination"]
     return {
         "seconds": time.perf_counter() - start,
         "cpu_seconds": time.process_time() - cpu,
@@ -224,6 +229,7 @@ def measure_mix(work: Path, scale: float) -> dict:
         "by_source": summary["by_source"],
         "decontamination_seconds": decontamination["seconds"],
         "decontamination_records": decontamination["records_touching_benchmarks"],
+        "near_duplicates": manifest["near_duplicates"],
     }
 
 
@@ -258,14 +264,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--measure", choices=("mix", "json_load"), default=None)
+    ap.add_argument("--measure", choices=("mix", "mix_no_dedup", "json_load"), default=None)
     args = ap.parse_args()
     if args.measure:
-        out = (
-            measure_mix(args.workdir, args.scale)
-            if args.measure == "mix"
-            else measure_json_load(args.workdir)
-        )
+        if args.measure == "json_load":
+            out = measure_json_load(args.workdir)
+        else:
+            out = measure_mix(args.workdir, args.scale, near_duplicates=args.measure == "mix")
         out["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(out))
         return
@@ -278,6 +283,7 @@ def main() -> None:
             f"synthetic input: {size / 1e9:.2f} GB, built in {time.perf_counter() - start:.0f}s (scale {args.scale})"
         )
         mix = child("mix", work, args.scale)
+        plain = child("mix_no_dedup", work, args.scale)
         load = child("json_load", work, args.scale)
         print(
             f"mix stage (classify+validate+quota+shuffle+write, no image decode): {mix['seconds']:.1f}s wall, "
@@ -285,6 +291,17 @@ def main() -> None:
             f"peak RSS {mix['peak_rss_mb']:.0f} MB, {mix['total']:,} records out"
         )
         print(f"  by source: {mix['by_source']}")
+        nd = mix["near_duplicates"]
+        print(
+            f"  near-duplicate check: {nd['seconds']:.1f}s wall inside the stage; {nd['generated_checked']:,} "
+            f"generated vs {nd['permissive_checked']:,} other records on {nd['shared_images']:,} shared images, "
+            f"{nd['removed']:,} removed"
+        )
+        print(
+            f"same stage without the near-duplicate check: {plain['seconds']:.1f}s wall, "
+            f"{plain['cpu_seconds']:.1f}s CPU, peak RSS {plain['peak_rss_mb']:.0f} MB; with/without: CPU time "
+            f"{mix['cpu_seconds'] / plain['cpu_seconds']:.2f}x, memory {mix['peak_rss_mb'] / plain['peak_rss_mb']:.2f}x"
+        )
         print(
             f"  of which decontamination by COCO id: {mix['decontamination_seconds']} "
             f"({mix['decontamination_records']:,} records on POPE/VQAv2-sized benchmark images removed)"

@@ -106,6 +106,14 @@ def test_output_contract(reference, toy_world):
     assert {t: stats["per_type"][t]["requested"] for t in TYPES} == COUNTS
     card = (out / "DATACARD.md").read_text()
     assert "apache-2.0" in card and "| detail | 6 | 6 |" in card
+    # Every record that parsed was grounded against the toy COCO file's three categories.
+    grounding = stats["grounding"]
+    assert grounding["categories"] == 3 and "## Grounding" in card and "Near-duplicates removed" in card
+    checked = grounding["overall"]["records"]
+    assert checked == summary["parsed"] + sum(
+        summary["rejected"][r] for r in ("hallucination", "count_mismatch", "near_duplicate")
+    )
+    assert summary["grounding"]["overall"]["records"] == checked
 
 
 def test_rerun_skips_finished_work(reference, toy_world, teacher_dir):

@@ -25,6 +25,7 @@ USES_BOXES = {"conversation": False, "detail": True, "complex_reasoning": True}
 class Instance:
     category: str
     bbox: tuple[float, float, float, float]  # COCO xywh, pixels
+    crowd: bool = False  # COCO iscrowd: one box over many objects, so the category has no exact count
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ def _load_coco(path: Path, what: str) -> COCO:
 class CocoContexts:
     contexts: Mapping[int, ImageContext]  # images with at least one caption
     without_captions: tuple[int, ...]  # skipped, and counted in stats
+    categories: tuple[str, ...] = ()  # the instance file's category names, in its order
 
 
 def load_contexts(instances_path: str | Path, captions_path: str | Path) -> CocoContexts:
@@ -96,13 +98,19 @@ def load_contexts(instances_path: str | Path, captions_path: str | Path) -> Coco
                     f"{instances_path}: annotation {ann.get('id')} (image {image_id}) has unknown "
                     f"category_id {ann.get('category_id')!r}"
                 )
-            instances.append(Instance(names[ann["category_id"]], tuple(float(v) for v in ann["bbox"])))
+            instances.append(
+                Instance(
+                    names[ann["category_id"]],
+                    tuple(float(v) for v in ann["bbox"]),
+                    bool(ann.get("iscrowd", 0)),
+                )
+            )
         contexts[image_id] = ImageContext(
             image_id, img["file_name"], int(img["width"]), int(img["height"]), captions, tuple(instances)
         )
     if without:
         log.warning("%d COCO images have no captions and are skipped (e.g. %s)", len(without), without[:5])
-    return CocoContexts(contexts, tuple(without))
+    return CocoContexts(contexts, tuple(without), tuple(names.values()))
 
 
 @dataclass(frozen=True)

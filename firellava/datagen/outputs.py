@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from firellava.core.io import atomic_path, write_json, write_jsonl
+from firellava.core.neardup import NearDupIndex
 from firellava.core.records import SCHEMA, conversation, make_record
 from firellava.datagen.contexts import TYPES, ImageContext
+from firellava.datagen.grounding import GroundingCheck, GroundingTally
 from firellava.datagen.parse import (
     REJECT_REASONS,
     ParseRules,
@@ -38,8 +40,12 @@ def build_records(
     image_prefix: str,
     provenance: Provenance,
     rules: ParseRules,
+    grounding: GroundingCheck | None = None,
+    tally: GroundingTally | None = None,
+    near: dict[str, NearDupIndex] | None = None,
 ) -> tuple[dict[str, list[dict]], list[dict]]:
-    """Parse every raw generation in work order; exact duplicates (after the first) are rejected."""
+    """Parse every raw generation in work order. Exact duplicates (after the first) are rejected; then records
+    that fail the grounding check; then near-duplicates of a record kept before them (per type)."""
     records: dict[str, list[dict]] = {t: [] for t in TYPES}
     rejected: list[dict] = []
     seen: set[tuple[str, str]] = set()
@@ -51,6 +57,17 @@ def build_records(
             if key in seen:
                 raise Rejected("duplicate", "same conversation as an earlier record")
             seen.add(key)
+            if grounding is not None:
+                g = grounding.check(row["image_id"], [a for _, a in pairs])
+                if tally is not None:
+                    tally.add(kind, row["id"], g)
+                verdict = grounding.verdict(g)
+                if verdict is not None:
+                    raise Rejected(*verdict)
+            if near is not None:
+                match = near[kind].keep_first(row["id"], "\n".join(t for pair in pairs for t in pair))
+                if match is not None:
+                    raise Rejected("near_duplicate", f"Jaccard ~{match[1]:.2f} with {match[0]}")
         except Rejected as r:
             rejected.append(
                 {"id": row["id"], "type": kind, "reason": r.reason, "detail": str(r), "text": row["text"]}
@@ -116,6 +133,50 @@ def compute_stats(
     }
 
 
+def _grounding_lines(g: Mapping[str, Any]) -> list[str]:
+    lines = ["## Grounding", ""]
+    if not g.get("enabled"):
+        return lines + ["The grounding check was off (`data_gen.grounding.enabled=false`).", ""]
+    lines += [
+        "Every answer's object mentions are mapped to the annotation file's categories "
+        f"({g['categories']}) and checked against the image's instance annotations and reference captions "
+        "(CHAIR-style; rules in docs/DESIGN.md). CHAIR_i: hallucinated / mentioned categories; CHAIR_s: share of "
+        "records with any hallucinated category. A record is rejected when its own CHAIR_i exceeds "
+        f"{g['max_hallucination_rate']} or it states more than {g['max_count_mismatches']} wrong count(s); the "
+        "rates below are over every checked record, kept or rejected.",
+        "",
+        "| type | records | mentions | hallucinated | CHAIR_i | CHAIR_s | count claims | count mismatches |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, t in [*g["per_type"].items(), ("all", g["overall"])]:
+        lines.append(
+            f"| {kind} | {t['records']} | {t['mentions']} | {t['hallucinated']} | {t['chair_i']} "
+            f"| {t['chair_s']} | {t['count_claims']} | {t['count_mismatches']} |"
+        )
+    examples = [(kind, e) for kind, t in g["per_type"].items() for e in t["examples"]]
+    lines += ["", "Caught mentions (examples):" if examples else "No mention was caught.", ""]
+    for kind, e in examples:
+        annotated = f", annotated {e['annotated']}" if "annotated" in e else ""
+        lines.append(
+            f'- {kind} `{e["id"]}`: "{e["phrase"]}" -> {e["category"]} ({e["what"]}{annotated}) in '
+            f'"{e["clause"]}"'
+        )
+    return lines + [""]
+
+
+def _near_duplicate_lines(stats: Mapping[str, Any]) -> list[str]:
+    nd = stats["near_duplicates"]
+    if not nd["enabled"]:
+        return ["Near-duplicate removal was off (`data_gen.near_duplicates.enabled=false`).", ""]
+    return [
+        f"Near-duplicates removed: {stats['rejected']['near_duplicate']} (MinHash LSH, per type: Jaccard "
+        f"similarity >= {nd['threshold']} over {nd['shingle_words']}-word shingles of the whole conversation, "
+        "estimated with "
+        f"{nd['num_perm']} permutations; the first record in work order is kept).",
+        "",
+    ]
+
+
 def _sample(records: Mapping[str, list[dict]], kind: str) -> str:
     if not records[kind]:
         return "_(no record of this type)_"
@@ -152,6 +213,7 @@ def datacard(stats: Mapping[str, Any], records: Mapping[str, list[dict]], prompt
         )
     lines += ["", "Rejected, by reason (every reject is kept in `rejected.jsonl` with its raw text):", ""]
     lines += [f"- {reason}: {n}" for reason, n in stats["rejected"].items()]
+    lines += ["", *_grounding_lines(stats["grounding"]), *_near_duplicate_lines(stats)]
     lines += [
         "",
         f"Tokens: {stats['prompt_tokens']} prompt, {stats['output_tokens']} output; "
@@ -177,8 +239,9 @@ def datacard(stats: Mapping[str, Any], records: Mapping[str, list[dict]], prompt
         "",
         "- The teacher never sees the image: answers are only as good as the captions and boxes, and may "
         "state plausible details that are not in the photo.",
-        "- Filters are textual (format, truncation, leaked coordinates or sources, exact duplicates); they do "
-        "not check facts.",
+        "- Filters check format, truncation, leaked coordinates or sources and duplicates; the only facts checked "
+        "are which COCO categories the answers name and the counts they state (the grounding check): colours, "
+        "positions, actions and anything outside the 80 categories are not checked.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -22,7 +22,13 @@ REJECT_REASONS: tuple[str, ...] = (
     "reveals_source",
     "too_long",
     "duplicate",
+    # After parsing, from the stage's filters: the grounding check (grounding.py) and near-duplicates.
+    "hallucination",
+    "count_mismatch",
+    "near_duplicate",
 )
+# Reasons that are not parse failures: the text parsed, a later filter left it out.
+FILTER_REASONS: tuple[str, ...] = ("duplicate", "hallucination", "count_mismatch", "near_duplicate")
 
 _PREFIX = {"human": "Question:", "gpt": "Answer:"}
 # Strings that would become real conversation boundaries or roles in the chat format.

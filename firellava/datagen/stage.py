@@ -18,6 +18,7 @@ from typing import Any
 
 from firellava.config import build
 from firellava.core.decontam import DecontamSpec, excluded_coco_ids
+from firellava.core.neardup import NearDupIndex, NearDupSpec
 from firellava.core.terms import TrainingTerms
 from firellava.datagen.contexts import TYPES, load_contexts, select_work
 from firellava.datagen.generate import (
@@ -29,8 +30,9 @@ from firellava.datagen.generate import (
     read_parts,
     shard_work,
 )
+from firellava.datagen.grounding import GroundingCheck, GroundingSpec, GroundingTally
 from firellava.datagen.outputs import Provenance, build_records, compute_stats, write_outputs
-from firellava.datagen.parse import ParseRules
+from firellava.datagen.parse import FILTER_REASONS, ParseRules
 from firellava.datagen.prefix import shared_prefix
 from firellava.datagen.prompts import prompt_set
 from firellava.engines import Engine, EngineSpec, SamplingParams, build_engine, close_engine
@@ -60,6 +62,8 @@ class DatagenSpec:
     prefix_sample: int = 32  # prompts per type tokenized to measure the shared prefix
     overwrite: bool = False
     rules: ParseRules = field(default_factory=ParseRules)
+    grounding: GroundingSpec = field(default_factory=GroundingSpec)
+    near_duplicates: NearDupSpec = field(default_factory=NearDupSpec)
     wandb: WandbSpec = field(default_factory=WandbSpec)
     decontamination: DecontamSpec | None = None  # images the benchmarks evaluate on are not selected
 
@@ -183,7 +187,14 @@ def generate_dataset(
             close_engine(engine)
     rows = read_parts(parts, todo)
     provenance = Provenance(teacher.display_name, teacher.license, teacher.commercial_use)
-    records, rejected = build_records(rows, coco.contexts, image_prefix, provenance, spec.rules)
+    grounding = (
+        GroundingCheck(spec.grounding, coco.contexts, coco.categories) if spec.grounding.enabled else None
+    )
+    tally = GroundingTally(TYPES, spec.grounding.examples)
+    near = {t: NearDupIndex(spec.near_duplicates) for t in TYPES} if spec.near_duplicates.enabled else None
+    records, rejected = build_records(
+        rows, coco.contexts, image_prefix, provenance, spec.rules, grounding, tally, near
+    )
     by_type = {
         kind: [
             prompt_for(w, coco.contexts[w.image_id], prompts, spec.box_decimals)
@@ -217,6 +228,12 @@ def generate_dataset(
                 "excluded_eval_images": excluded,
             },
             "this_run": {k: round(v, 3) if isinstance(v, float) else v for k, v in run_info.items()},
+            "grounding": {
+                **asdict(spec.grounding),
+                "categories": len(coco.categories),
+                **(tally.summary() if spec.grounding.enabled else {}),
+            },
+            "near_duplicates": asdict(spec.near_duplicates),
         },
     )
     write_outputs(out_dir, records, rejected, stats, prompts)
@@ -230,20 +247,33 @@ def generate_dataset(
         {k: v for k, v in stats["rejected"].items() if v},
         out_dir,
     )
-    failed = sum(n for reason, n in stats["rejected"].items() if reason != "duplicate")
+    failed = sum(n for reason, n in stats["rejected"].items() if reason not in FILTER_REASONS)
     return {
         "dir": str(out_dir),
         "requested": stats["requested"],
         "generated": stats["generated"],
         "parsed": stats["parsed"],
         "rejected": stats["rejected"],
-        # The parser's acceptance rate: duplicates parse fine and are a later filter, not a parse failure.
+        # The parser's acceptance rate: duplicates and ungrounded records parse fine; later filters left them out.
         "parse_rate": round(1 - failed / stats["generated"], 4) if stats["generated"] else None,
         "per_type": {k: v["parsed"] for k, v in stats["per_type"].items()},
         "excluded_eval_images": excluded,  # COCO images left out because a benchmark evaluates on them
+        "grounding": _grounding_summary(stats["grounding"]),
+        "near_duplicates": stats["rejected"]["near_duplicate"],
         "shared_prefix_fraction": stats["shared_prefix_fraction"],
         "output_tokens_per_s": stats["output_tokens_per_s"],
         "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _grounding_summary(g: Mapping[str, Any]) -> dict[str, Any] | None:
+    """CHAIR rates and count mismatches per type, for summary.json (examples stay in stats.json)."""
+    if not g.get("enabled"):
+        return None
+    keys = ("records", "chair_i", "chair_s", "count_claims", "count_mismatches")
+    return {
+        "overall": {k: g["overall"][k] for k in keys},
+        **{kind: {k: t[k] for k in keys} for kind, t in g["per_type"].items()},
     }
 
 

@@ -24,10 +24,13 @@ from typing import Any, NamedTuple, Protocol
 from firellava.config import build, to_node
 from firellava.core.decontam import DecontamSpec
 from firellava.core.io import atomic_path, iter_jsonl, staged_dir, write_json
+from firellava.core.neardup import NearDupSpec
 from firellava.core.records import record_problem
 from firellava.core.terms import TrainingTerms
 from firellava.mix.card import render_datacard
 from firellava.mix.decontam import EVAL_OVERLAP, decontaminate
+from firellava.mix.dedup import drop_generated_near_duplicates
+from firellava.mix.generated_checks import read_generated_checks
 from firellava.mix.io import JsonListReader
 from firellava.mix.plan import draw, plan_counts, shuffle
 from firellava.mix.sources import Classifier, SourceSpec
@@ -39,7 +42,15 @@ log = logging.getLogger(__name__)
 MANIFEST_FORMAT = "firellava-mix-manifest/1"
 WRITE_BLOCK_CHARS = 1 << 22
 LIST_LIMIT = 1000  # records named in one error message; the count is always given
-EXCLUSION_REASONS = ("noncommercial", "invalid", MISSING, UNDECODABLE, EVAL_OVERLAP, "quota")
+EXCLUSION_REASONS = (
+    "noncommercial",
+    "invalid",
+    MISSING,
+    UNDECODABLE,
+    EVAL_OVERLAP,
+    "near_duplicate",
+    "quota",
+)
 
 
 class ImageChecker(Protocol):
@@ -81,6 +92,8 @@ class MixSpec:
     drop_invalid: bool = False
     image_check: str = "decode"
     image_workers: int | None = None
+    # Generated records against other sources' records of the same image (mix/dedup.py).
+    near_duplicates: NearDupSpec = field(default_factory=NearDupSpec)
     seed: int = 42
     overwrite: bool = False
     output_name: str = "firellava_mix.json"
@@ -280,6 +293,17 @@ def _validate_images(
     }
 
 
+def _drop_near_duplicates(pool: _Pool, generated: str, spec: NearDupSpec) -> dict[str, Any]:
+    if not spec.enabled:
+        return {"enabled": False}
+    dropped, figures = drop_generated_near_duplicates(pool.items, generated, spec)
+    if dropped:
+        pool.excluded["near_duplicate"][generated] += len(dropped)
+        pool.dropped["near_duplicate"] += dropped
+    log.info("mix: %d generated records near-duplicate a record of the same image", len(dropped))
+    return {"enabled": True, **figures}
+
+
 def _write_mix(path: Path, records: list[tuple[str, _Item]], licenses: dict[str, str]) -> tuple[str, int]:
     """Stream the JSON list to a temporary file, hashing it on the way; rename when complete.
 
@@ -377,8 +401,13 @@ def build_mix(
             {"role": "reference", "path": str(r.path), "sha256": r.sha256, "records": r.entries}
             for r in classifier.references
         ]
+        generated_checks = None
         if generated.name in permitted:
-            input_files += _read_generated(generated, Path(inputs.datagen_dir), pool)
+            generated_inputs = _read_generated(generated, Path(inputs.datagen_dir), pool)
+            input_files += generated_inputs
+            generated_checks = read_generated_checks(
+                sorted({Path(f["path"]).parent for f in generated_inputs})
+            )
         images = _validate_images(pool, spec, inputs, image_checker)
         decontamination = decontaminate(spec.decontamination, pool.items, Path(inputs.image_folder))
         for name, items in decontamination.removed.items():
@@ -386,6 +415,7 @@ def build_mix(
             pool.dropped[EVAL_OVERLAP] += [
                 {"source": name, "where": i.where, "id": i.id, "image": i.image} for i in items
             ]
+        near_duplicates = _drop_near_duplicates(pool, generated.name, spec.near_duplicates)
 
         available = {name: len(pool.items.get(name, ())) for name in permitted}
         take = plan_counts(available, spec.quotas, spec.target_total, spec.fill_source)
@@ -443,6 +473,8 @@ def build_mix(
             "images": images,
             "decontamination": decontamination.report,
             "training_terms": training_terms(every, by_source),
+            "near_duplicates": near_duplicates,
+            "generated_checks": generated_checks,
             "dropped_records": dict(pool.dropped),
             "config": to_node(spec),
         }
@@ -464,6 +496,13 @@ def build_mix(
                 b: e["training_records"] for b, e in decontamination.report["benchmarks"].items()
             },
         },
+        "near_duplicates_removed": near_duplicates["removed"] if near_duplicates["enabled"] else None,
+        "generated_grounding": (
+            {k: generated_checks["overall"][k] for k in ("chair_i", "chair_s", "count_mismatches")}
+            | {"rejected": generated_checks["rejected"]}
+            if generated_checks
+            else None
+        ),
         "seconds": round(time.perf_counter() - start, 1),
     }
     log.info("mix done: %s", json.dumps(summary))
