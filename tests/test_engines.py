@@ -84,8 +84,16 @@ def fake_vllm(monkeypatch):
         def __init__(self, **kwargs):
             built["LLM"] = kwargs
 
-        def get_tokenizer(self):
-            return None
+        def generate(self, inputs, sampling, use_tqdm=True):
+            built["inputs"] = inputs
+            done = types.SimpleNamespace(text="ok", token_ids=[7], finish_reason="stop")
+            return [
+                types.SimpleNamespace(prompt_token_ids=i["prompt_token_ids"], outputs=[done]) for i in inputs
+            ]
+
+    class VllmSamplingParams:
+        def __init__(self, **kwargs):
+            built["SamplingParams"] = kwargs
 
     class AsyncEngineArgs:
         def __init__(self, **kwargs):
@@ -107,6 +115,7 @@ def fake_vllm(monkeypatch):
         "vllm.v1.engine.async_llm": types.ModuleType("vllm.v1.engine.async_llm"),
     }
     modules["vllm"].LLM = LLM
+    modules["vllm"].SamplingParams = VllmSamplingParams
     modules["vllm.engine.arg_utils"].AsyncEngineArgs = AsyncEngineArgs
     modules["vllm.v1.engine.async_llm"].AsyncLLM = AsyncLLM
     for name, module in modules.items():
@@ -118,10 +127,10 @@ def test_vllm_engines_get_the_options_in_vllms_names(fake_vllm, llava_dir):
     from firellava.engines.vllm_engine import AsyncVLLMEngine
 
     options = {"batch_size": 16, "device": "cuda", "dtype": "bfloat16", "tensor_parallel_size": 1}
-    engine = build_engine(EngineSpec("vllm", options), "/ckpt/firellava-13b", "firellava-13b")
+    engine = build_engine(EngineSpec("vllm", options), llava_dir, "firellava-13b")
     assert engine.model_name == "firellava-13b"
     vllm_names = {"max_num_seqs": 16, "dtype": "bfloat16", "tensor_parallel_size": 1}
-    assert fake_vllm["LLM"] == {"model": "/ckpt/firellava-13b", **vllm_names}
+    assert fake_vllm["LLM"] == {"model": llava_dir, **vllm_names}
     served = AsyncVLLMEngine(llava_dir, "tiny", max_images_per_prompt=2, **options)
     assert fake_vllm["AsyncEngineArgs"] == {
         "model": llava_dir,
@@ -129,3 +138,27 @@ def test_vllm_engines_get_the_options_in_vllms_names(fake_vllm, llava_dir):
         **vllm_names,
     }
     assert (served.model_name, served.max_model_len) == ("tiny", 512) and served.image_tokens > 0
+
+
+def test_vllm_is_given_trainings_ids_never_text(fake_vllm, llava_dir):
+    """A chat prompt reaches vLLM as the ids `prompt_ids` computes for the checkpoint's own rendering (one BOS,
+    one placeholder per image that vLLM widens), with its images; vLLM never tokenizes text itself."""
+    from transformers import AutoProcessor
+
+    from firellava.core.chat_format import prompt_ids
+
+    engine = build_engine(EngineSpec("vllm"), llava_dir)
+    processor = AutoProcessor.from_pretrained(llava_dir)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}]
+    picture = image((255, 0, 0))
+    prompts = [Prompt(messages=messages, images=[picture]), Prompt(text="<s>USER: hi ASSISTANT:")]
+    out = engine.generate(prompts, SamplingParams(max_tokens=2))
+    rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    chat, text = fake_vllm["inputs"]
+    assert chat == {
+        "prompt_token_ids": prompt_ids(rendered, processor.tokenizer),
+        "multi_modal_data": {"image": [picture]},
+    }
+    assert text == {"prompt_token_ids": prompt_ids("<s>USER: hi ASSISTANT:", processor.tokenizer)}
+    assert chat["prompt_token_ids"].count(processor.tokenizer.bos_token_id) == 1
+    assert out[0].prompt_token_ids == tuple(chat["prompt_token_ids"]) and out[0].token_ids == (7,)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import httpx
 import openai
@@ -117,6 +118,43 @@ def test_chat_with_base64_image_equals_in_process(client, local):
     assert reply.choices[0].finish_reason == expected.finish_reason
 
 
+def test_token_ids_on_request_are_trainings(client, local, llava_dir):
+    """vLLM's `return_token_ids` extension: the ids the model was fed are the ids training computes for the same
+    conversation (the image widened to its placeholders), and the generated ids decode to the answer."""
+    from tests.llava_helpers import training_prompt_ids
+
+    config = local.model.config
+    first = [user("What color is the shape?", uri(RED))]
+    multi = [*first, {"role": "assistant", "content": "It is red."}, user("Are you  sure?\nSay it.")]
+    for messages in (first, multi, [user("How many objects?")]):
+        reply = chat(client, messages, extra_body={"return_token_ids": True}).model_dump()
+        want = training_prompt_ids(
+            as_template(messages), local.tokenizer, config.image_token_id, config.image_seq_length
+        )
+        assert reply["prompt_token_ids"] == want
+        assert reply["usage"]["prompt_tokens"] == len(want)
+        generated = reply["choices"][0]["token_ids"]
+        assert len(generated) == reply["usage"]["completion_tokens"]
+        assert (
+            local.tokenizer.decode(generated, skip_special_tokens=True)
+            == reply["choices"][0]["message"]["content"]
+        )
+    plain = chat(client, first).model_dump()
+    assert plain.get("prompt_token_ids") is None and plain["choices"][0].get("token_ids") is None
+    completion = client.completions.create(
+        model=NAME,
+        prompt="<s>USER: <image>\nWhat color? ASSISTANT:",
+        max_tokens=4,
+        extra_body={"images": [uri(BLUE)], "return_token_ids": True},
+    ).model_dump()
+    assert completion["choices"][0]["prompt_token_ids"][0] == local.tokenizer.bos_token_id
+    assert (
+        completion["choices"][0]["prompt_token_ids"].count(config.image_token_id) == config.image_seq_length
+    )
+    with pytest.raises(openai.BadRequestError, match="return_token_ids"):
+        chat(client, first, stream=True, extra_body={"return_token_ids": True})
+
+
 def test_chat_with_image_url_from_allowed_server(client, images):
     allowed, _ = images
     by_url = chat(client, [user("Describe.", allowed.url + "/blue.png")])
@@ -194,7 +232,9 @@ def test_openai_engine_against_the_server(server, local):
         Prompt(text="<s>USER: <image>\nDescribe. ASSISTANT:", images=[pil((0, 255, 0))]),
         Prompt(text="a red circle"),
     ]
-    assert remote.generate(prompts, GREEDY) == local.generate(prompts, GREEDY)
+    # a remote API reports no token ids: the answers and their counts are compared
+    expected = [replace(g, prompt_token_ids=(), token_ids=()) for g in local.generate(prompts, GREEDY)]
+    assert remote.generate(prompts, GREEDY) == expected
 
 
 # ----------------------------------------------------------------------------------------------- errors

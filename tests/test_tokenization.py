@@ -70,6 +70,32 @@ def test_a_tokenizer_with_wrong_merges_is_refused(llama_tokenizer):
         check_whitespace(legacy, "vicuna")
 
 
+@pytest.mark.parametrize("legacy", [True, False, None])
+def test_the_legacy_flag_decides_and_the_probe_catches_it(legacy, tmp_path):
+    """transformers 5 builds a Llama tokenizer's pre-tokenizer from `legacy` in tokenizer_config.json, whatever
+    normalizer its tokenizer.json names (Llama-2's own, as here, names the legacy `Prepend("▁")`). A missing flag
+    means `legacy: false`, Vicuna-v1.5's; `legacy: true` is refused (docs/DESIGN.md, the production tokenizer)."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(reference_tokenizer_dir(), tmp_path / "tok")
+    config_file = tmp_path / "tok" / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config.pop("legacy")
+    if legacy is not None:
+        config["legacy"] = legacy
+    config_file.write_text(json.dumps(config))
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    if legacy:
+        assert tok.tokenize("</s>USER:") == ["</s>", "▁US", "ER", ":"]
+        with pytest.raises(TokenizerMismatch, match="legacy: false"):
+            check_whitespace(tok, "legacy")
+    else:
+        check_whitespace(tok, "vicuna-like")
+
+
 # ----------------------------------------------------------------------------------------- random conversations
 
 PIECES = [

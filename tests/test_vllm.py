@@ -22,8 +22,9 @@ import openai
 import pytest
 from PIL import Image
 
+from firellava.core.chat_format import prompt_ids
 from firellava.core.io import iter_jsonl
-from firellava.engines import EngineSpec, Prompt, SamplingParams, build_engine
+from firellava.engines import EngineSpec, Generation, Prompt, SamplingParams, build_engine
 from firellava.engines.vllm_engine import vllm_environment
 from tests.serve_helpers import png
 
@@ -65,6 +66,37 @@ def openai_messages(question: str, colour) -> list[dict]:
     return [{"role": "user", "content": content}]
 
 
+# The same requests in every engine: text only, with an image, and a second round after `</s>` (the SentencePiece
+# boundaries: after `<s>`, after `<image>`, after `</s>`; a run of spaces; a newline).
+REQUESTS = {
+    "text": ([{"role": "user", "content": [{"type": "text", "text": "How many objects are there?"}]}], []),
+    "image": (image_prompts()[0].messages, [COLOURS[0]]),
+    "second round": (
+        [
+            *image_prompts()[1].messages,
+            {"role": "assistant", "content": "Two."},
+            {"role": "user", "content": [{"type": "text", "text": "Are you  sure?\nSay it."}]},
+        ],
+        [COLOURS[1]],
+    ),
+}
+
+
+def as_openai(messages: list[dict], colours: list) -> list[dict]:
+    """The request as the `openai` client sends it: each image part a data URI, in order."""
+    uris = iter(uri(c) for c in colours)
+    out = []
+    for m in messages:
+        content = m["content"]
+        if isinstance(content, list):
+            content = [
+                {"type": "image_url", "image_url": {"url": next(uris)}} if p["type"] == "image" else p
+                for p in content
+            ]
+        out.append({**m, "content": content})
+    return out
+
+
 @pytest.fixture(scope="module")
 def llava_dir(tiny_llava, tmp_path_factory) -> str:
     """The finetune stage's writer on the toy LLaVA: the directory both engines must load as it is."""
@@ -72,6 +104,23 @@ def llava_dir(tiny_llava, tmp_path_factory) -> str:
 
     model, processor = tiny_llava
     return str(save_llava(model, processor, tmp_path_factory.mktemp("vllm") / "llava"))
+
+
+@pytest.fixture(scope="module")
+def training_ids(llava_dir) -> dict[str, list[int]]:
+    """Per request, what training feeds the model before the answer (`chat_format.encode`), image widened."""
+    from transformers import AutoConfig, AutoProcessor
+
+    from tests.llava_helpers import training_prompt_ids
+
+    tok = AutoProcessor.from_pretrained(llava_dir).tokenizer
+    config = AutoConfig.from_pretrained(llava_dir)
+    ids = {
+        name: training_prompt_ids(messages, tok, config.image_token_id, config.image_seq_length)
+        for name, (messages, _) in REQUESTS.items()
+    }
+    assert all(row.count(tok.bos_token_id) == 1 and row[0] == tok.bos_token_id for row in ids.values())
+    return ids
 
 
 @pytest.fixture(scope="module")
@@ -90,28 +139,29 @@ def vllm_llava(llava_dir):
 
 
 def test_exported_checkpoint_loads_in_vllm_as_in_transformers(vllm_llava, reference):
-    prompts = image_prompts()
-    got = vllm_llava.generate(prompts, GREEDY)
-    # The same tokens (counted below); a generation cut inside a multi-byte character decodes its last bytes
-    # differently in the two engines, so a dangling U+FFFD is not part of the comparison.
+    got = vllm_llava.generate(image_prompts(), GREEDY)
+    # the same prompt ids (one BOS, the image widened to image_seq_length placeholders) and the same generated ids
+    assert [g.prompt_token_ids for g in got] == [g.prompt_token_ids for g in reference]
+    assert [g.token_ids for g in got] == [g.token_ids for g in reference]
+    # A generation cut inside a multi-byte character decodes its last bytes differently in the two engines, so a
+    # dangling U+FFFD is not part of the text comparison.
     assert trim_dangling([g.text for g in got]) == trim_dangling([g.text for g in reference])
-    assert [g.completion_tokens for g in got] == [g.completion_tokens for g in reference]
-    # the same prompt tokens: one BOS, the image expanded to image_seq_length placeholders
-    assert [g.prompt_tokens for g in got] == [g.prompt_tokens for g in reference]
 
 
-def test_one_bos_in_vllm_prompts(vllm_llava):
-    from firellava.engines.vllm_engine import chat_messages, sampling_params
-
+def test_in_process_engines_feed_trainings_ids(vllm_llava, reference, llava_dir, training_ids):
+    """The transformers engine and vLLM's offline engine, given the same chat request, feed the model the ids
+    training computes for it, compared as id lists."""
+    hf = build_engine(EngineSpec("transformers", {"dtype": "float32"}), llava_dir)
+    for name, (messages, colours) in REQUESTS.items():
+        prompt = Prompt(messages=messages, images=[image(c) for c in colours])
+        for engine in (hf, vllm_llava):
+            got = engine.generate([prompt], GREEDY)[0]
+            assert list(got.prompt_token_ids) == training_ids[name], (name, type(engine).__name__)
+    # a raw text prompt that already starts with BOS still gets one
     tok = vllm_llava.tokenizer
-    prompt = image_prompts()[0]
-    out = vllm_llava.llm.chat([chat_messages(prompt)], sampling_params(GREEDY), use_tqdm=False)[0]
-    ids = list(out.prompt_token_ids)
-    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
-    # a raw text prompt already starting with BOS goes as token ids: still one BOS
-    text = vllm_llava.llm.get_tokenizer().bos_token + "USER: hello ASSISTANT:"
-    gen = vllm_llava.generate([Prompt(text=text)], GREEDY)[0]
-    assert gen.prompt_tokens == len(tok(text, add_special_tokens=False)["input_ids"])
+    text = tok.bos_token + "USER: hello ASSISTANT:"
+    ids = vllm_llava.generate([Prompt(text=text)], GREEDY)[0].prompt_token_ids
+    assert list(ids) == prompt_ids(text, tok) and ids.count(tok.bos_token_id) == 1
 
 
 # ------------------------------------------------------------------------------------------------ datagen
@@ -164,14 +214,14 @@ def test_datagen_through_the_vllm_engine(toy_world, tmp_path):
     assert summary["requested"] == summary["generated"] == sum(counts.values())
     assert len(built) == 1 and built[0].llm is None  # the stage closed its engine
 
-    tok = AutoTokenizer.from_pretrained(teacher)
+    # The teacher's chat prompt: the ids the transformers engine feeds, one BOS (the template writes `<s>`).
     messages = TOY.messages("detail", "A red circle.\n\ncircle: [0.100, 0.1, 0.5, 0.5]")
-    ids = tok.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
-    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-    assert ids.count(tok.bos_token_id) == 1
+    prompt, few = Prompt(messages=messages), SamplingParams(max_tokens=4)
     with build_engine(spec, teacher) as engine:
-        gen = engine.generate([Prompt(messages=messages)], SamplingParams(max_tokens=4))[0]
-    assert gen.prompt_tokens == len(ids)
+        got = engine.generate([prompt], few)[0].prompt_token_ids
+    want = build_engine(EngineSpec("transformers"), teacher).generate([prompt], few)[0].prompt_token_ids
+    bos = AutoTokenizer.from_pretrained(teacher).bos_token_id
+    assert got == want and got.count(bos) == 1 and got[0] == bos
 
 
 # --------------------------------------------------------------------------------------------------- eval
@@ -235,8 +285,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def check_answers(client, model, reference) -> None:
-    """Greedy answers and prompt token counts equal transformers' in-process ones; streaming equals whole."""
+def check_answers(client, model, reference, training_ids) -> None:
+    """Greedy answers and prompt token counts equal transformers' in-process ones; streaming equals whole; the
+    ids the model is fed (vLLM's `return_token_ids` extension) are training's, compared as id lists."""
     for q, c, want in zip(QUESTIONS, COLOURS, reference):
         whole = client.chat.completions.create(
             model=model, messages=openai_messages(q, c), max_tokens=GREEDY.max_tokens, temperature=0
@@ -257,11 +308,22 @@ def check_answers(client, model, reference) -> None:
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert trim_dangling(streamed) == trim_dangling(reference[0].text)
     assert chunks[-1].usage.prompt_tokens == reference[0].prompt_tokens
+    for name, (messages, colours) in REQUESTS.items():
+        reply = client.chat.completions.create(
+            model=model,
+            messages=as_openai(messages, colours),
+            max_tokens=2,
+            temperature=0,
+            extra_body={"return_token_ids": True},
+        ).model_dump()
+        assert reply["prompt_token_ids"] == training_ids[name], name
 
 
 @pytest.mark.parametrize("backend", ["vllm", "transformers"])
-def test_project_server_answers_the_openai_client(llava_dir, reference, backend):
+def test_project_server_answers_the_openai_client(llava_dir, reference, training_ids, backend):
     """The project's server on vLLM's async engine (and, for the same tokens, on transformers)."""
+    import psutil  # vLLM's dependency
+
     from firellava.serve.process import ServerProcess
     from firellava.serve.settings import Limits, ServerSettings
 
@@ -277,9 +339,61 @@ def test_project_server_answers_the_openai_client(llava_dir, reference, backend)
     with ServerProcess(settings, start_timeout_s=300) as srv:
         client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key="none", max_retries=0, timeout=120)
         try:
-            check_answers(client, NAME, reference)
+            check_answers(client, NAME, reference, training_ids)
+            engine_core = engine_processes(psutil.Process(srv.proc.pid))
         finally:
             print("---- server log (tail) ----\n" + srv.log_tail())
+    # vLLM's AsyncLLM always runs its engine core in a child process: the server's shutdown ends it too.
+    gone, alive = psutil.wait_procs(engine_core, timeout=30)
+    assert not alive, alive
+
+
+def engine_processes(parent) -> list:
+    """`parent`'s child processes but multiprocessing's resource tracker (which lives as long as its parent)."""
+    return [p for p in parent.children(recursive=True) if "resource_tracker" not in " ".join(p.cmdline())]
+
+
+def test_async_engine_core_process_ends_with_close(llava_dir, training_ids):
+    """AsyncVLLMEngine as the server builds it: vLLM's AsyncLLM always runs its engine core in a child process
+    (VLLM_ENABLE_V1_MULTIPROCESSING only concerns the offline `LLM`). Whole and streamed answers agree, a stream
+    abandoned mid-way is aborted and the engine keeps serving, and `close()` ends the child process."""
+    import asyncio
+
+    import psutil  # vLLM's dependency
+
+    from firellava.engines.vllm_engine import AsyncVLLMEngine
+    from firellava.serve.engines import build_serve_engine
+    from firellava.serve.settings import ServerSettings
+
+    spec = demo_engine("serve", "engine.serve.options.dtype=float32")
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    engine = build_serve_engine(ServerSettings(model=llava_dir, model_name=NAME, engine=spec))
+    try:
+        assert isinstance(engine, AsyncVLLMEngine)
+        core = [p for p in engine_processes(psutil.Process()) if p.pid not in before]
+        assert core, "no engine-core process"
+        messages, colours = REQUESTS["image"]
+        prompt = Prompt(text=engine.render(messages), images=[image(c) for c in colours])
+        params = SamplingParams(max_tokens=8, temperature=0.0)
+
+        async def run():
+            whole = await asyncio.wait_for(engine.generate(prompt, params), 120)
+            items = [item async for item in engine.stream(prompt, params)]
+            pieces = engine.stream(prompt, SamplingParams(max_tokens=64, temperature=0.0))
+            await asyncio.wait_for(anext(pieces), 120)
+            await pieces.aclose()  # the client went away: the request is aborted
+            again = await asyncio.wait_for(engine.generate(prompt, params), 120)
+            assert engine.healthy()  # while its event loop runs (the output handler is a task of it)
+            return whole, items, again
+
+        whole, items, again = asyncio.run(run())
+        assert list(whole.prompt_token_ids) == training_ids["image"]
+        assert isinstance(items[-1], Generation) and items[-1].token_ids == whole.token_ids == again.token_ids
+        assert "".join(items[:-1]) == items[-1].text == whole.text
+    finally:
+        engine.close()
+    gone, alive = psutil.wait_procs(core, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
 
 
 def vllm_server_command(model: str, port: int) -> list[str]:
@@ -306,7 +420,7 @@ def vllm_server_command(model: str, port: int) -> list[str]:
     ]
 
 
-def test_vllm_server_serves_the_exported_directory(llava_dir, reference, tmp_path):
+def test_vllm_server_serves_the_exported_directory(llava_dir, reference, training_ids, tmp_path):
     """vLLM's own OpenAI server on the directory as the finetune stage wrote it: no conversion, no extra flags
     for the checkpoint's sake."""
     port = free_port()
@@ -331,7 +445,7 @@ def test_vllm_server_serves_the_exported_directory(llava_dir, reference, tmp_pat
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120
         )
-        check_answers(client, NAME, reference)
+        check_answers(client, NAME, reference, training_ids)
     finally:
         proc.terminate()
         try:

@@ -53,7 +53,8 @@ def check_whitespace(tokenizer: Any, name: str) -> None:
     if got != expected:
         raise TokenizerMismatch(
             f"tokenizer {name}: {text!r} tokenizes as {got}, Vicuna-v1.5's gives {expected}: it is loaded as a "
-            "legacy Llama tokenizer. Set `legacy: false` in its tokenizer_config.json (as Vicuna-v1.5's has)."
+            "legacy Llama tokenizer. Set `legacy: false` in its tokenizer_config.json (as Vicuna-v1.5's has); "
+            "transformers >= 5 builds the pre-tokenizer from that flag, whatever normalizer tokenizer.json names."
         )
 
 

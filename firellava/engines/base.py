@@ -49,6 +49,10 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_tokens reached)
+    # The ids the model was fed (each image widened to its feature count) and the ids it generated, where the
+    # backend knows them (a remote OpenAI API does not): what proves every engine feeds training's tokens.
+    prompt_token_ids: tuple[int, ...] = ()
+    token_ids: tuple[int, ...] = ()
 
 
 class Engine(Protocol):
@@ -76,6 +80,19 @@ class EngineSpec:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown engine backend {self.backend!r}; known: {', '.join(BACKENDS)}")
+
+
+def render_chat(owner: Any, messages: Sequence[dict[str, Any]]) -> str:
+    """Chat messages through the checkpoint's own chat template (its processor's, else its tokenizer's), with the
+    generation prompt: every engine renders this way and tokenizes with `chat_format.prompt_ids`."""
+    return owner.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+
+
+def load_template_owner(model: str) -> Any:
+    """What carries `model`'s chat template and tokenizer: its processor, or its tokenizer for a text LLM."""
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(model)
 
 
 def close_engine(engine: Any) -> None:

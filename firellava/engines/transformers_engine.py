@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from firellava.core.chat_format import IMAGE_TOKEN, expand_images, prompt_ids
-from firellava.engines.base import Generation, Prompt, SamplingParams
+from firellava.engines.base import Generation, Prompt, SamplingParams, render_chat
 
 
 class TransformersEngine:
@@ -56,8 +56,7 @@ class TransformersEngine:
         """The prompt string: chat messages through the checkpoint's own chat template."""
         if prompt.text is not None:
             return prompt.text
-        owner = self.processor or self.tokenizer
-        return owner.apply_chat_template(list(prompt.messages), add_generation_prompt=True, tokenize=False)
+        return render_chat(self.processor or self.tokenizer, prompt.messages)
 
     def _encode(self, texts: list[str], images: list) -> dict[str, torch.Tensor]:
         """Left-padded ids through the chat format's `prompt_ids` (the ids training computes for the same text),
@@ -162,6 +161,7 @@ class TransformersEngine:
         prompt_len = batch["input_ids"].shape[1]
         results = []
         for i, seq in enumerate(sequences):
+            fed = batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist()
             new = seq[prompt_len:].tolist()
             finish = "length"
             if self.tokenizer.eos_token_id in new:
@@ -175,9 +175,11 @@ class TransformersEngine:
             results.append(
                 Generation(
                     text=text,
-                    prompt_tokens=int(batch["attention_mask"][i].sum()),
+                    prompt_tokens=len(fed),
                     completion_tokens=len(new),
                     finish_reason=finish,
+                    prompt_token_ids=tuple(fed),
+                    token_ids=tuple(new),
                 )
             )
         return results

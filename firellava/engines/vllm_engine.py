@@ -4,10 +4,12 @@ functions below; vllm is imported only when an engine is built (after `vllm_envi
 it never need it. Both engines hold an engine core: `close()` shuts it down (one alive at interpreter exit can
 hang the process), and each is a context manager.
 
-Chat prompts go through `LLM.chat` (the checkpoint's own chat template, one BOS); a raw text prompt that already
-starts with BOS is passed as token ids, because generating from the text would add a second one (vllm#2012). The
-offline engine hands vLLM the whole batch at once: it schedules continuously and its prefix cache serves shared
-prompt prefixes.
+vLLM never tokenizes a prompt itself: chat messages are rendered with the checkpoint's own chat template (loaded
+with transformers, as the transformers engine loads it) and every prompt reaches vLLM as the token ids training
+computes for the same text (`chat_format.prompt_ids`: one BOS, each `<image>` one placeholder id that vLLM's
+LLaVA processor widens to the image's feature count). vLLM's own tokenization of the rendered string would differ
+from training's at a SentencePiece word boundary after `<s>` and after `<image>`. The offline engine hands vLLM
+the whole batch at once: it schedules continuously and its prefix cache serves shared prompt prefixes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from firellava.core.chat_format import prompt_ids
-from firellava.engines.base import Generation, Prompt, SamplingParams
+from firellava.engines.base import Generation, Prompt, SamplingParams, load_template_owner, render_chat
 
 # Set before vllm is imported, wherever the project starts it: no usage report leaves the machine, and a
 # single-node engine talks to itself over loopback rather than over the first external interface.
@@ -94,19 +96,20 @@ def text_input(prompt: Prompt, tokenizer: Any) -> dict[str, Any]:
     return item
 
 
-def chat_messages(prompt: Prompt) -> list[dict[str, Any]]:
-    """`{"type": "image"}` parts take the prompt's images in order, as PIL image parts."""
-    images = iter(prompt.images)
-    out = []
-    for m in prompt.messages or ():
-        content = m["content"]
-        if isinstance(content, list):
-            content = [
-                {"type": "image_pil", "image_pil": next(images)} if part.get("type") == "image" else part
-                for part in content
-            ]
-        out.append({**m, "content": content})
-    return out
+def _generation(
+    fed: Sequence[int] | None, text: str, token_ids: Sequence[int], reason: str | None
+) -> Generation:
+    """A finished vLLM request; its prompt ids already hold the widened image placeholders (576 per image in
+    production)."""
+    fed = tuple(fed or ())
+    return Generation(
+        text=text,
+        prompt_tokens=len(fed),
+        completion_tokens=len(token_ids),
+        finish_reason=_finish(reason),
+        prompt_token_ids=fed,
+        token_ids=tuple(token_ids),
+    )
 
 
 def _finish(reason: str | None) -> str:
@@ -130,8 +133,9 @@ class VLLMEngine(_Closing):
         from vllm import LLM
 
         self.model_name = model_name or model
+        self.template = load_template_owner(model)
+        self.tokenizer = getattr(self.template, "tokenizer", self.template)
         self.llm = LLM(model=model, **engine_args(options, cpu=on_cpu()))
-        self.tokenizer = self.llm.get_tokenizer()
 
     def close(self) -> None:
         """Shut the engine core down (idempotent)."""
@@ -139,30 +143,22 @@ class VLLMEngine(_Closing):
         if llm is not None:
             llm.llm_engine.engine_core.shutdown()
 
+    def render(self, prompt: Prompt) -> str:
+        """The prompt string: chat messages through the checkpoint's own chat template."""
+        return prompt.text if prompt.messages is None else render_chat(self.template, prompt.messages)
+
+    def inputs(self, prompt: Prompt) -> dict[str, Any]:
+        """What vLLM is given for `prompt`: token ids, never text."""
+        return text_input(Prompt(text=self.render(prompt), images=prompt.images), self.tokenizer)
+
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Generation]:
-        sampling = sampling_params(params)
-        chat = [i for i, p in enumerate(prompts) if p.messages is not None]
-        text = [i for i, p in enumerate(prompts) if p.messages is None]
-        outputs: dict[int, Any] = {}
-        if chat:
-            res = self.llm.chat([chat_messages(prompts[i]) for i in chat], sampling, use_tqdm=False)
-            outputs.update(zip(chat, res))
-        if text:
-            inputs = [text_input(prompts[i], self.tokenizer) for i in text]
-            outputs.update(zip(text, self.llm.generate(inputs, sampling, use_tqdm=False)))
-        results = []
-        for i in range(len(prompts)):
-            out = outputs[i]
-            completion = out.outputs[0]
-            results.append(
-                Generation(
-                    text=completion.text,
-                    prompt_tokens=len(out.prompt_token_ids),
-                    completion_tokens=len(completion.token_ids),
-                    finish_reason=_finish(completion.finish_reason),
-                )
-            )
-        return results
+        outputs = self.llm.generate(
+            [self.inputs(p) for p in prompts], sampling_params(params), use_tqdm=False
+        )
+        return [
+            _generation(out.prompt_token_ids, c.text, c.token_ids, c.finish_reason)
+            for out, c in ((out, out.outputs[0]) for out in outputs)
+        ]
 
 
 class AsyncVLLMEngine(_Closing):
@@ -174,12 +170,12 @@ class AsyncVLLMEngine(_Closing):
         self, model: str, model_name: str | None = None, max_images_per_prompt: int = 1, **options: Any
     ) -> None:
         vllm_environment()
-        from transformers import AutoConfig, AutoProcessor
+        from transformers import AutoConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.model_name = model_name or model
-        self.processor = AutoProcessor.from_pretrained(model)
+        self.processor = load_template_owner(model)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         config = AutoConfig.from_pretrained(model)
         self.image_tokens = int(getattr(config, "image_seq_length", 0) or 0)
@@ -192,7 +188,7 @@ class AsyncVLLMEngine(_Closing):
         self.max_model_len = self.engine.model_config.max_model_len
 
     def render(self, messages: Sequence[dict[str, Any]]) -> str:
-        return self.processor.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+        return render_chat(self.processor, messages)
 
     def expect(self, n: int) -> None:
         """vLLM batches continuously; nothing to wait for."""
@@ -209,24 +205,20 @@ class AsyncVLLMEngine(_Closing):
         inputs = text_input(prompt, self.tokenizer)
         sampling = sampling_params(params, output_kind=RequestOutputKind.DELTA)
         request_id = uuid.uuid4().hex
-        text, completion, prompt_tokens, finish = "", 0, 0, None
+        text, completion, fed, finish = "", [], None, None
         try:
             async for out in self.engine.generate(inputs, sampling, request_id=request_id):
-                # prompt_token_ids already hold the expanded image tokens (576 per image in production).
-                prompt_tokens = len(out.prompt_token_ids or [])
-                piece = out.outputs[0]
-                completion += len(piece.token_ids)
+                fed = out.prompt_token_ids or fed
+                piece = out.outputs[0]  # only the new tokens (DELTA)
+                completion += piece.token_ids
                 if piece.text:
                     text += piece.text
                     yield piece.text
-                if piece.finish_reason:
-                    finish = _finish(piece.finish_reason)
+                finish = piece.finish_reason or finish
         finally:
             if finish is None:  # the client went away mid-generation
                 await self.engine.abort(request_id)
-        yield Generation(
-            text=text, prompt_tokens=prompt_tokens, completion_tokens=completion, finish_reason=finish
-        )
+        yield _generation(fed, text, completion, finish)
 
     async def generate(self, prompt: Prompt, params: SamplingParams) -> Generation:
         final = None

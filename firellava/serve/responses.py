@@ -18,7 +18,11 @@ def usage(gen: Generation) -> dict[str, int]:
     }
 
 
-def completion_body(rid: str, model: str, gen: Generation, *, chat: bool) -> dict[str, Any]:
+def completion_body(
+    rid: str, model: str, gen: Generation, *, chat: bool, token_ids: bool = False
+) -> dict[str, Any]:
+    """`token_ids`: add vLLM's `prompt_token_ids` (top level for chat, in the choice for completions) and the
+    choice's `token_ids`."""
     if chat:
         choice = {
             "index": 0,
@@ -28,7 +32,7 @@ def completion_body(rid: str, model: str, gen: Generation, *, chat: bool) -> dic
         }
     else:
         choice = {"index": 0, "text": gen.text, "logprobs": None, "finish_reason": gen.finish_reason}
-    return {
+    body = {
         "id": rid,
         "object": "chat.completion" if chat else "text_completion",
         "created": int(time.time()),
@@ -36,6 +40,10 @@ def completion_body(rid: str, model: str, gen: Generation, *, chat: bool) -> dic
         "choices": [choice],
         "usage": usage(gen),
     }
+    if token_ids:
+        choice["token_ids"] = list(gen.token_ids)
+        (body if chat else choice)["prompt_token_ids"] = list(gen.prompt_token_ids)
+    return body
 
 
 def timed_out(limit_s: float) -> APIError:

@@ -122,7 +122,7 @@ async def respond(
             gen = await asyncio.wait_for(engine.generate(prompt, params), limits.request_timeout_s)
         except asyncio.TimeoutError:
             raise timed_out(limits.request_timeout_s) from None
-        body = completion_body(rid, engine.model_name, gen, chat=chat)
+        body = completion_body(rid, engine.model_name, gen, chat=chat, token_ids=bool(req.return_token_ids))
         state.gate.leave()
         return JSONResponse(body, headers={"X-Request-Id": rid})
     except BaseException:

@@ -63,6 +63,8 @@ class _Sampling(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     logprobs: bool | int | None = None
+    # vLLM's extension: the ids the model was fed and generated, in vLLM's response fields (whole answers only)
+    return_token_ids: bool | None = None
 
     @field_validator("stop")
     @classmethod
@@ -87,6 +89,12 @@ class _Sampling(_Body):
         if v:
             raise ValueError("logprobs are not supported")
         return None
+
+    @model_validator(mode="after")
+    def _token_ids_whole(self) -> _Sampling:
+        if self.return_token_ids and self.stream:
+            raise ValueError("return_token_ids: only for answers sent whole (stream=false)")
+        return self
 
 
 class ChatRequest(_Sampling):
