@@ -94,7 +94,7 @@ def word_id(tokenizer: PreTrainedTokenizerFast, word: str) -> int:
     if len(ids) != 1:
         raise ValueError(
             f"the toy tokenizer splits {word!r} into {len(ids)} tokens; scene words must be one "
-            "(raise toy_world.vocab_size)"
+            "(the toy tokenizer makes every scene word one piece: firellava/toy/tiny_models.py)"
         )
     return ids[0]
 
