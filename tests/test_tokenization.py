@@ -71,6 +71,9 @@ def test_toy_tokenizer_follows_llama_conventions(tokenizer, llama_tokenizer):
     for piece in ("<unk>", "<s>", "</s>", "<0x00>", "<0x0A>", "<0xFF>"):
         assert tokenizer.convert_tokens_to_ids(piece) == llama_tokenizer.convert_tokens_to_ids(piece), piece
     assert tokenizer("red").input_ids[0] == tokenizer.bos_token_id == 1
+    # `<image>` is the model's added token, never a trained piece that text could merge into.
+    for tok in (tokenizer, llama_tokenizer):
+        assert tok.tokenize("look <image><image>\n").count(IMAGE_TOKEN) == 2
     rng = random.Random(3)
     for _ in range(500):
         text = random_text(rng)

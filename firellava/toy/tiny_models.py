@@ -31,7 +31,7 @@ from transformers import (
     LlamaTokenizer,
 )
 
-from firellava.core.chat_format import segments
+from firellava.core.chat_format import IMAGE_TOKEN, segments
 from firellava.core.tokenization import PROBES, SPECIAL_PROBE
 from firellava.toy.llm_pretrain import LlmPretrainSpec, pretrain_llm
 from firellava.toy.scenes import COLOURS, SHAPES
@@ -69,12 +69,13 @@ class LlmSizes:
 
 
 def _training_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
-    """Words as the tokenizer meets them: special tokens and control characters cut the text (control characters
-    are byte pieces, never trained), the first word gets Llama's prepended `▁` (`prepend_scheme="first"`), and a
+    """Words as the tokenizer meets them: special tokens, `<image>` and control characters cut the text
+    (`<image>` is the model's added token, not text, as in Vicuna's vocabulary; control characters are byte
+    pieces, never trained), the first word gets Llama's prepended `▁` (`prepend_scheme="first"`), and a
     run of spaces before a word is a whitespace piece of its own, its last `▁` going with the word, as Llama's
     SentencePiece training (`allow_whitespace_only_pieces`) splits it. No trained piece crosses a word boundary,
     so the whole-string BPE of inference (`split=False`) gives the same pieces."""
-    cuts = "|".join([*map(re.escape, SPECIAL_TOKENS), r"[\x00-\x1f\x7f]"])
+    cuts = "|".join([*map(re.escape, (*SPECIAL_TOKENS, IMAGE_TOKEN)), r"[\x00-\x1f\x7f]"])
     return pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(cuts), "removed"),
