@@ -49,9 +49,11 @@ def compose_config(*overrides: str):
 
 
 def toy_world_spec(**overrides):
-    """The demo's toy world spec with some settings changed (nested specs take partial dicts)."""
+    """The demo's toy world spec with some settings changed (nested specs take partial dicts); the model cache
+    is off unless asked for, so that tests train what they test and write nothing outside their tmp dirs."""
     from firellava.config import build
 
+    overrides.setdefault("cache_dir", None)
     return build(compose_config("experiment=demo").toy_world, **overrides)
 
 

@@ -40,7 +40,10 @@ def test_plain_template_drops_instruction():
 
 
 def supervised_text(tokenizer, enc) -> str:
-    return tokenizer.decode([i for i, label in zip(enc.input_ids, enc.labels) if label != IGNORE_INDEX])
+    """The supervised tokens as text, their leading space kept: decoded after a BOS, since Llama's decoder (the
+    toy tokenizer's too) strips one leading space from the decoded string."""
+    ids = [i for i, label in zip(enc.input_ids, enc.labels) if label != IGNORE_INDEX]
+    return tokenizer.decode([tokenizer.bos_token_id, *ids])[len(tokenizer.bos_token) :]
 
 
 def test_multi_turn_masks_only_answers_and_eos(tokenizer):
@@ -50,16 +53,27 @@ def test_multi_turn_masks_only_answers_and_eos(tokenizer):
     assert supervised_text(tokenizer, enc) == " red</s> two shapes</s>"
     assert enc.input_ids.count(tokenizer.convert_tokens_to_ids("<image>")) == 1
     assert enc.labels[0] == IGNORE_INDEX  # BOS
-    # The toy byte-level tokenizer cuts nowhere differently: the ids equal a plain whole-string tokenization.
-    whole = tokenizer(render(record), add_special_tokens=False).input_ids
-    assert enc.input_ids == whole
+    # As LLaVA's `tokenizer_image_token`: the text after the image is tokenized on its own, so with the toy
+    # tokenizer's Llama conventions it starts with a word-boundary `▁` that a whole-string tokenization lacks.
+    before, after = render(record).removeprefix(tokenizer.bos_token).split("<image>")
+    image = tokenizer.convert_tokens_to_ids("<image>")
+    assert enc.input_ids == [
+        *tokenizer(before).input_ids,
+        image,
+        *tokenizer(after, add_special_tokens=False).input_ids,
+    ]
+    assert tokenizer.convert_ids_to_tokens(enc.input_ids[len(tokenizer(before).input_ids) + 1 :][:2]) == [
+        "▁",
+        "<0x0A>",
+    ]
 
 
 def test_text_only_and_plain_masks(tokenizer):
     enc = encode(conv("Tell me a joke.", "No."), tokenizer)
     assert supervised_text(tokenizer, enc) == " No.</s>"
     plain = encode(conv("<image>\nDescribe.", "a blue square"), tokenizer, template="plain")
-    assert supervised_text(tokenizer, plain) == "a blue square\n"
+    # The caption is tokenized on its own after the image, as in LLaVA, so it starts at a word boundary.
+    assert supervised_text(tokenizer, plain) == " a blue square\n"
     assert plain.labels[:2] == [IGNORE_INDEX, IGNORE_INDEX]  # BOS and the image slot
 
 

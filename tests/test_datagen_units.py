@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from firellava.core import chat_format
 from firellava.datagen.contexts import (
     ImageContext,
     Instance,
@@ -113,10 +114,9 @@ def test_prompts_share_a_byte_identical_prefix(coco, chat_tokenizer):
     fractions = shared_prefix(chat_tokenizer, by_type)
     for k, got in fractions.items():
         ids = prompt_ids(chat_tokenizer, by_type[k][0])
-        fixed_ids = chat_tokenizer(
-            chat_tokenizer.apply_chat_template(LLAVA.messages(k, "")[:-1], tokenize=False),
-            add_special_tokens=False,
-        )["input_ids"]
+        fixed_ids = chat_format.prompt_ids(
+            chat_tokenizer.apply_chat_template(LLAVA.messages(k, "")[:-1], tokenize=False), chat_tokenizer
+        )
         assert ids[: len(fixed_ids)] == fixed_ids and got["shared_prefix_tokens"] >= len(fixed_ids) - 1
         assert got["shared_prefix_fraction"] > 0.8
 

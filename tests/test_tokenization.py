@@ -8,7 +8,9 @@ rendering, `tokenizer_image_token` and round-by-round masking) computes the same
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -29,6 +31,7 @@ from firellava.core.tokenization import (
     PROBES,
     TokenizerMismatch,
     check_whitespace,
+    is_sentencepiece,
     reference_tokenizer_dir,
 )
 from firellava.engines.base import Prompt
@@ -51,6 +54,44 @@ def test_reference_tokenizer_is_llama2(llama_tokenizer):
     # Loaded as Vicuna-v1.5's (`legacy: false`): no word boundary is invented after a special token.
     assert llama_tokenizer.tokenize("</s>USER:") == ["</s>", "USER", ":"]
     check_whitespace(llama_tokenizer, "llama2")
+
+
+def test_toy_tokenizer_follows_llama_conventions(tokenizer, llama_tokenizer):
+    """The toy world's tokenizer is laid out as Llama's: the same pipeline around its own pieces, the same
+    special and byte ids, the same word boundaries and decoding, and it passes the probes production must pass."""
+    assert is_sentencepiece(tokenizer)
+    check_whitespace(tokenizer, "toy")
+    toy, llama = (json.loads(t.backend_tokenizer.to_str()) for t in (tokenizer, llama_tokenizer))
+    for part in ("normalizer", "pre_tokenizer", "decoder"):
+        assert toy[part] == llama[part], part
+    for part in ("single", "special_tokens"):  # BOS on every encode (pair templates differ in type ids only)
+        assert toy["post_processor"][part] == llama["post_processor"][part], part
+    assert toy["model"]["byte_fallback"] and toy["model"]["type"] == "BPE"
+    assert not tokenizer.legacy
+    for piece in ("<unk>", "<s>", "</s>", "<0x00>", "<0x0A>", "<0xFF>"):
+        assert tokenizer.convert_tokens_to_ids(piece) == llama_tokenizer.convert_tokens_to_ids(piece), piece
+    assert tokenizer("red").input_ids[0] == tokenizer.bos_token_id == 1
+    # `<image>` is the model's added token, never a trained piece that text could merge into.
+    for tok in (tokenizer, llama_tokenizer):
+        assert tok.tokenize("look <image><image>\n").count(IMAGE_TOKEN) == 2
+    rng = random.Random(3)
+    for _ in range(500):
+        text = random_text(rng)
+        ids = tokenizer(text).input_ids
+        assert tokenizer.decode(ids, skip_special_tokens=True) == llama_tokenizer.decode(
+            llama_tokenizer(text).input_ids, skip_special_tokens=True
+        ), text
+        if text.isascii():  # one byte piece per character where either spells a character in bytes
+            # Word boundaries fall where Llama's do: one `▁` per space, one prepended.
+            assert _spelled(tokenizer, ids) == _spelled(llama_tokenizer, llama_tokenizer(text).input_ids), (
+                text
+            )
+
+
+def _spelled(tokenizer, ids: list[int]) -> str:
+    """The pieces joined, single-byte pieces as their characters."""
+    joined = "".join(tokenizer.convert_ids_to_tokens(ids))
+    return re.sub(r"<0x([0-9A-F]{2})>", lambda m: chr(int(m[1], 16)), joined)
 
 
 def test_a_tokenizer_with_wrong_merges_is_refused(llama_tokenizer):
@@ -197,14 +238,21 @@ def supervised_runs(labels: list[int]) -> list[list[int]]:
     return runs
 
 
+@pytest.fixture(scope="module", params=["llama2", "toy"])
+def chat_tokenizer(request):
+    """Llama-2's tokenizer, then the toy world's, which follows its conventions: the toy run crosses the same
+    boundaries."""
+    return request.getfixturevalue("llama_tokenizer" if request.param == "llama2" else "tokenizer")
+
+
 @pytest.fixture(scope="module")
-def processor(llama_tokenizer):
-    return build_processor(llama_tokenizer, CLIPVisionConfig(image_size=336, patch_size=14))
+def processor(chat_tokenizer):
+    return build_processor(chat_tokenizer, CLIPVisionConfig(image_size=336, patch_size=14))
 
 
 @pytest.fixture(scope="module")
 def engine(processor):
-    """The transformers engine's encoding with the Llama tokenizer (no weights needed to encode)."""
+    """The transformers engine's encoding with the tokenizer under test (no weights needed to encode)."""
     engine = TransformersEngine.__new__(TransformersEngine)
     pixels = SimpleNamespace(
         image_processor=lambda images, **_: {"pixel_values": torch.zeros(len(images), 3, 2, 2)}
@@ -218,8 +266,8 @@ def engine(processor):
     return engine
 
 
-def test_training_ids_equal_inference_ids_and_llava(llama_tokenizer, processor, engine):
-    tok = llama_tokenizer
+def test_training_ids_equal_inference_ids_and_llava(chat_tokenizer, processor, engine):
+    tok = chat_tokenizer
     assert processor.chat_template == CHAT_TEMPLATE
     reference = _LlavaReference(tok)
     eos = tok.eos_token_id
@@ -267,7 +315,7 @@ def test_training_ids_equal_inference_ids_and_llava(llama_tokenizer, processor, 
 # ----------------------------------------------------------------------------------------- edge cases
 
 
-def test_image_only_question_renders_like_llava(llama_tokenizer, processor):
+def test_image_only_question_renders_like_llava(processor):
     messages = [{"role": "user", "content": IMAGE_TOKEN}, {"role": "assistant", "content": "A cat."}]
     expected = f"<s>{DEFAULT_SYSTEM} USER: <image> ASSISTANT: A cat.</s>"
     assert render(messages) == expected
@@ -279,10 +327,10 @@ def test_image_only_question_renders_like_llava(llama_tokenizer, processor):
 
 
 @pytest.mark.parametrize("answer", ["", "   ", "\n"])
-def test_empty_answers_are_refused_by_both_renderings(llama_tokenizer, processor, answer):
+def test_empty_answers_are_refused_by_both_renderings(chat_tokenizer, processor, answer):
     messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer}]
     with pytest.raises(ChatFormatError, match="turn 1: an assistant message is empty"):
-        encode(messages, llama_tokenizer, record_id="r7")
+        encode(messages, chat_tokenizer, record_id="r7")
     with pytest.raises(Exception, match="An assistant message is empty"):
         processor.apply_chat_template(messages, tokenize=False)
 

@@ -22,6 +22,7 @@ SMALL = [
     "toy_world.teacher.scenes=2",
     "toy_world.teacher.batch_size=2",
     "toy_world.benchmark_questions=4",
+    "toy_world.cache_dir=null",  # two builds must each train: the determinism check
     *(
         f"toy_world.per_source.{s}=3"
         for s in ("llava_instruct", "vqav2", "gqa", "okvqa", "refcoco", "a_okvqa")

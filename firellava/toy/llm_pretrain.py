@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +38,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from firellava.core.chat_format import IGNORE_INDEX, IMAGE_TOKEN, encode
 from firellava.core.instructions import SHORT_ANSWER
 from firellava.toy import language as lang
+from firellava.toy.progress import Progress
 from firellava.toy.scenes import COLOURS, SHAPES, Scene, sample_scene
 from firellava.toy.vision_pretrain import NONE, centre_labels
 
@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # Below the vision pretraining's ids and the held-out check's, above every id the toy data uses.
 SCENE_ID_BASE = 700_000_000
 HELD_OUT = 100  # questions per probed kind
+PROBE_EVERY = 200  # steps; a probe costs a few training steps
 HELD_OUT_ID_OFFSET = 50_000_000  # past any training example's id
 # Weighted towards the questions that need the named object matched against the scene: with fewer existence,
 # colour and shape questions, existence stayed at chance and shape was not bound to the colour named
@@ -94,7 +95,7 @@ def word_id(tokenizer: PreTrainedTokenizerFast, word: str) -> int:
     if len(ids) != 1:
         raise ValueError(
             f"the toy tokenizer splits {word!r} into {len(ids)} tokens; scene words must be one "
-            "(raise toy_world.vocab_size)"
+            "(the toy tokenizer makes every scene word one piece: firellava/toy/tiny_models.py)"
         )
     return ids[0]
 
@@ -245,7 +246,7 @@ def pretrain_llm(
     )
     rng = random.Random(f"llm-pretrain/{seed}/batches")
     log.info("tiny LLM before pretraining, held-out %s", probe(llm, tokenizer, seed, grid))
-    start = time.perf_counter()
+    progress = Progress("tiny LLM pretraining", spec.steps, spec.batch_size, "examples")
     for step in range(1, spec.steps + 1):
         llm.train()
         loss = llm(**scene_batch(llm, rng.sample(examples, spec.batch_size), pad_id)).loss
@@ -253,15 +254,8 @@ def pretrain_llm(
         loss.backward()
         optimizer.step()
         schedule.step()
-        if step % 200 == 0 or step == spec.steps:
-            rate = step * spec.batch_size / (time.perf_counter() - start)
+        progress.update(step, loss=loss.item())
+        if step % PROBE_EVERY == 0 or step == spec.steps:
             metrics = probe(llm, tokenizer, seed, grid)
-            log.info(
-                "tiny LLM step %d/%d (%.0f examples/s): loss %.3f, held-out %s",
-                step,
-                spec.steps,
-                rate,
-                loss.item(),
-                metrics,
-            )
+            log.info("tiny LLM step %d/%d: held-out %s", step, spec.steps, metrics)
     return metrics

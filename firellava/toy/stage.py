@@ -4,7 +4,8 @@ files, so that every production stage reads it from config paths exactly as it r
 - `data/`: COCO annotations and images, the 665K-style mix with all ten sources and its reference files,
   the toy benchmarks in the benchmarks' own layouts (`data/eval/`), and a demo image for the serve stage;
 - `pretrain/`: the LCS-558K-style pretraining file and images;
-- `models/`: a tokenizer, a pretrained tiny CLIP tower and tiny Llama, and the trained toy teacher.
+- `models/`: a tokenizer, a pretrained tiny CLIP tower and tiny Llama, and the trained toy teacher (copied
+  from the model cache when `toy_world.cache_dir` holds them for the same config and code).
 
 Built in a temporary directory and moved into place when complete."""
 
@@ -25,6 +26,7 @@ from firellava.eval.benchmarks import BENCHMARKS
 from firellava.toy.benchmarks import write_toy_benchmarks
 from firellava.toy.data import ToyData, build_toy_data
 from firellava.toy.llm_pretrain import LlmPretrainSpec
+from firellava.toy.model_cache import entry_dir, model_key, restore, store
 from firellava.toy.scenes import draw_scene, sample_scene
 from firellava.toy.teacher import ToyTeacherSpec, train_toy_teacher
 from firellava.toy.tiny_models import LlmSizes, VisionSizes, build_tiny_models
@@ -33,6 +35,7 @@ from firellava.toy.vision_pretrain import VisionPretrainSpec
 log = logging.getLogger(__name__)
 
 DEMO_IMAGE = "serve_demo.png"
+MODEL_DIRS = {"tokenizer": "tokenizer", "vision_tower": "vision", "llm": "llm", "teacher": "teacher"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class ToyWorldSpec:
     teacher: ToyTeacherSpec
     benchmark_questions: int  # per toy benchmark
     overwrite: bool = False
+    cache_dir: str | None = (
+        None  # content-addressed cache of the pretrained models (`model_cache`); None: off
+    )
 
 
 def corpus(data: ToyData) -> Iterator[str]:
@@ -67,6 +73,38 @@ def write_demo_image(path: Path, seed: int) -> Path:
     return path
 
 
+def _models(models_dir: Path, spec: ToyWorldSpec, data: ToyData) -> tuple[dict[str, Path], dict, dict]:
+    """The pretrained models under `models_dir`, from the cache when it holds them (`model_cache`), else
+    trained (and stored there). Returns their paths, their record (probe figures, teacher training) and what the
+    cache did."""
+    key = model_key(spec) if spec.cache_dir else None
+    record = restore(spec.cache_dir, key, models_dir) if key else None
+    if record is None:
+        models, probes = build_tiny_models(
+            corpus(data),
+            models_dir,
+            spec.vocab_size,
+            spec.vision,
+            spec.llm,
+            spec.seed,
+            spec.vision_pretrain,
+            spec.llm_pretrain,
+        )
+        teacher = train_toy_teacher(spec.teacher, models["tokenizer"], models_dir / "teacher", spec.seed)
+        record = {"probes": probes, "teacher": teacher}
+        if key:
+            store(spec.cache_dir, key, models_dir, record)
+        cache = {"key": key, "hit": False}
+    else:
+        log.info("toy models from the cache: %s", entry_dir(spec.cache_dir, key))
+        record["teacher"]["dir"] = str(models_dir / "teacher")
+        cache = {"key": key, "hit": True}
+    if key:
+        cache["dir"] = str(entry_dir(spec.cache_dir, key))
+    models = {name: models_dir / sub for name, sub in MODEL_DIRS.items()}
+    return models, record, cache
+
+
 def build_toy_world(out_dir: Path, spec: ToyWorldSpec) -> dict[str, Any]:
     start = time.perf_counter()
     out_dir = Path(out_dir).resolve()
@@ -79,18 +117,7 @@ def build_toy_world(out_dir: Path, spec: ToyWorldSpec) -> dict[str, Any]:
             per_source=dict(spec.per_source),
         )
         log.info("toy data written in %.1fs: %s", time.perf_counter() - start, data.counts)
-        models, probes = build_tiny_models(
-            corpus(data),
-            tmp / "models",
-            spec.vocab_size,
-            spec.vision,
-            spec.llm,
-            spec.seed,
-            spec.vision_pretrain,
-            spec.llm_pretrain,
-        )
-        models["teacher"] = tmp / "models" / "teacher"
-        teacher = train_toy_teacher(spec.teacher, models["tokenizer"], models["teacher"], spec.seed)
+        models, record, cache = _models(tmp / "models", spec, data)
         benchmarks = write_toy_benchmarks(
             tmp / "data" / "eval",
             list(BENCHMARKS),
@@ -100,9 +127,10 @@ def build_toy_world(out_dir: Path, spec: ToyWorldSpec) -> dict[str, Any]:
         )
         summary = data.summary()
         summary["models"] = {name: str(path) for name, path in models.items()}
-        summary["vision_probe"] = probes["vision"]
-        summary["llm_probe"] = probes["llm"]
-        summary["teacher_training"] = teacher
+        summary["vision_probe"] = record["probes"]["vision"]
+        summary["llm_probe"] = record["probes"]["llm"]
+        summary["teacher_training"] = record["teacher"]
+        summary["model_cache"] = cache
         summary["benchmarks"] = benchmarks
         summary["demo_image"] = str(write_demo_image(tmp / "data" / DEMO_IMAGE, spec.seed))
     # Paths in the summary point at the final location, not the staging directory.

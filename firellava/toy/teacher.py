@@ -24,6 +24,7 @@ from firellava.datagen.prompts import format_response, prompt_set
 from firellava.engines import Prompt
 from firellava.toy import language
 from firellava.toy.llm_pretrain import Example, pad_batch
+from firellava.toy.progress import Progress
 from firellava.toy.scenes import Scene, sample_scene
 from firellava.toy.tiny_models import LlmSizes, build_llm
 
@@ -115,6 +116,7 @@ def train_toy_teacher(spec: ToyTeacherSpec, tokenizer_dir: Path, out_dir: Path, 
     )
     rng = random.Random(f"toy-teacher/{seed}/order")
     loss = torch.tensor(0.0)
+    progress = Progress("toy teacher training", spec.steps, spec.batch_size, "examples")
     for step in range(spec.steps):
         batch = pad_batch(
             rng.sample(examples, spec.batch_size), tokenizer.pad_token_id or tokenizer.eos_token_id
@@ -125,15 +127,7 @@ def train_toy_teacher(spec: ToyTeacherSpec, tokenizer_dir: Path, out_dir: Path, 
         optim.step()
         sched.step()
         optim.zero_grad()
-        if step % 50 == 0 or step == spec.steps - 1:
-            elapsed = time.perf_counter() - start
-            log.info(
-                "toy teacher: step %d/%d loss %.3f (%.1f steps/s)",
-                step + 1,
-                spec.steps,
-                loss.item(),
-                (step + 1) / elapsed,
-            )
+        progress.update(step + 1, loss=loss.item())
     model.eval()
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

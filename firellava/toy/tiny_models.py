@@ -1,7 +1,9 @@
 """Tiny models for the toy world, built locally and saved in HF format (nothing is downloaded).
 
-- a byte-level BPE tokenizer trained with `tokenizers` on the toy world's own text, with Llama's special tokens
-  (`<unk>`, `<s>`, `</s>`; BOS added on encode), so any text encodes and the chat format works unchanged;
+- a tokenizer laid out as Llama's (`tokenize_llama`): BPE pieces trained with `tokenizers` on the toy world's own
+  text, with `▁` word boundaries and a prepended space, byte fallback to Llama's 256 `<0xNN>` pieces, and
+  `<unk>` / `<s>` / `</s>` at ids 0 / 1 / 2 (BOS added on encode), loaded by transformers' `LlamaTokenizer` as
+  Vicuna's is: the toy run crosses every SentencePiece boundary production crosses;
 - a tiny CLIP vision tower (`CLIPVisionModel`), initialised from the seed and pretrained on toy scenes
   (`vision_pretrain`), as CLIP arrives pretrained;
 - a tiny Llama LLM (`LlamaForCausalLM`), initialised from the seed and pretrained on toy text (`llm_pretrain`),
@@ -12,26 +14,31 @@ They stand in for Vicuna and CLIP-L through the same code; only their sizes diff
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
     CLIPImageProcessor,
     CLIPVisionConfig,
     CLIPVisionModel,
     LlamaConfig,
     LlamaForCausalLM,
-    PreTrainedTokenizerFast,
+    LlamaTokenizer,
 )
 
-from firellava.core.chat_format import DEFAULT_SYSTEM
+from firellava.core.chat_format import IMAGE_TOKEN, segments
+from firellava.core.tokenization import PROBES, SPECIAL_PROBE
 from firellava.toy.llm_pretrain import LlmPretrainSpec, pretrain_llm
+from firellava.toy.scenes import COLOURS, SHAPES
 from firellava.toy.vision_pretrain import VisionPretrainSpec, pretrain_vision_tower
 
-SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2 as in Llama
+BYTE_PIECES = tuple(f"<0x{b:02X}>" for b in range(256))  # ids 3-258: byte fallback
 
 
 @dataclass(frozen=True)
@@ -61,32 +68,85 @@ class LlmSizes:
     max_position_embeddings: int
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Byte-level BPE: every string encodes, and pieces never cross a space, so segment-wise encoding
-    (the chat format's) equals whole-string encoding."""
+def _training_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+    """Words as the tokenizer meets them: special tokens, `<image>` and control characters cut the text
+    (`<image>` is the model's added token, not text, as in Vicuna's vocabulary; control characters are byte
+    pieces, never trained), the first word gets Llama's prepended `▁` (`prepend_scheme="first"`), and a
+    run of spaces before a word is a whitespace piece of its own, its last `▁` going with the word, as Llama's
+    SentencePiece training (`allow_whitespace_only_pieces`) splits it. No trained piece crosses a word boundary,
+    so the whole-string BPE of inference (`split=False`) gives the same pieces."""
+    cuts = "|".join([*map(re.escape, (*SPECIAL_TOKENS, IMAGE_TOKEN)), r"[\x00-\x1f\x7f]"])
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(cuts), "removed"),
+            pre_tokenizers.Metaspace("▁", prepend_scheme="first", split=False),
+            pre_tokenizers.Split(Regex("▁?[^▁]+"), "isolated"),
+        ]
+    )
+
+
+def _bpe_pieces(vocab: dict[str, int], merges: list[tuple[str, str]], piece: str) -> list[str]:
+    model = models.BPE(vocab=vocab, merges=merges)
+    return [t.value for t in model.tokenize(piece)]
+
+
+def _required_pieces(words: Iterable[str]) -> list[str]:
+    """`▁word` for each of `words`, and the pieces the whitespace and legacy probes
+    (`firellava.core.tokenization`) expect as Llama has them."""
+    expected = [*PROBES.values(), SPECIAL_PROBE[1]]
+    probed = [p for pieces in expected for p in pieces if p not in SPECIAL_TOKENS and p not in BYTE_PIECES]
+    return [*(f"▁{w}" for w in words), *probed]
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, words: Iterable[str] = ()) -> LlamaTokenizer:
+    """A Llama-layout tokenizer whose pieces are BPE-trained on `texts`, each of `words` one piece after a space.
+
+    Vocabulary: the special tokens, the 256 byte pieces, then the trained pieces in the trainer's order, so the
+    ids match Llama's up to the first trained piece. Merges: the trainer's (most frequent first), then those the
+    required pieces still need, then whitespace-only merges last, so a run of spaces leaves its last `▁` to the
+    word after it (`"a  b"` is `▁a ▁ ▁b`, as Llama's merge priorities give)."""
+    required = _required_pieces(words)
+    budget = vocab_size - len(SPECIAL_TOKENS) - len(BYTE_PIECES)
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    tok.pre_tokenizer = _training_pre_tokenizer()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=len(SPECIAL_TOKENS) + budget - sum(map(len, required)),  # room for the required pieces
         special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([DEFAULT_SYSTEM, "USER: ASSISTANT:", *texts], trainer=trainer)
-    bos = tok.token_to_id("<s>")
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
+    chat = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "ok"}] * 2
+    skeleton = "".join(seg.text for seg in segments(chat))  # `</s>USER:` as every later round starts
+    tok.train_from_iterator([skeleton, *texts], trainer=trainer)
+    trained = json.loads(tok.to_str())["model"]
+    vocab = {p: i for p, i in trained["vocab"].items() if p not in SPECIAL_TOKENS}
+    merges = [tuple(m) for m in trained["merges"]]
+    for piece in required:
+        for char in piece:  # a character the texts lack
+            vocab.setdefault(char, len(vocab) + len(SPECIAL_TOKENS))
+        parts = _bpe_pieces(vocab, merges, piece)
+        while len(parts) > 1:
+            merges.append((parts[0], parts[1]))
+            parts = [parts[0] + parts[1], *parts[2:]]
+            vocab.setdefault(parts[0], len(vocab) + len(SPECIAL_TOKENS))
+    merges.sort(key=lambda m: set(m[0] + m[1]) == {"▁"})  # stable: whitespace runs last
+    pieces = sorted(vocab, key=vocab.__getitem__)
+    if len(pieces) > budget:
+        raise ValueError(
+            f"toy tokenizer: {len(pieces)} trained pieces exceed toy_world.vocab_size={vocab_size}"
+        )
+    layout = [*SPECIAL_TOKENS, *BYTE_PIECES, *pieces]
+    tokenizer = LlamaTokenizer(
+        vocab={p: i for i, p in enumerate(layout)},
+        merges=merges,
+        legacy=False,
+        add_bos_token=True,
+        add_eos_token=False,
         model_max_length=2048,
         padding_side="right",
-        add_bos_token=True,
     )
+    # Saved in tokenizer_config.json as Vicuna-v1.5's says it: no word boundary after a special token, BOS added.
+    tokenizer.init_kwargs.update(legacy=False, add_bos_token=True, add_eos_token=False)
+    return tokenizer
 
 
 def build_vision_tower(sizes: VisionSizes, seed: int) -> tuple[CLIPVisionModel, CLIPImageProcessor]:
@@ -107,7 +167,7 @@ def build_vision_tower(sizes: VisionSizes, seed: int) -> tuple[CLIPVisionModel, 
     return CLIPVisionModel(config), image_processor
 
 
-def build_llm(sizes: LlmSizes, tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
+def build_llm(sizes: LlmSizes, tokenizer: LlamaTokenizer, seed: int) -> LlamaForCausalLM:
     torch.manual_seed(seed + 1)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -138,7 +198,8 @@ def build_tiny_models(
 
     Returns the paths and the held-out probe accuracies of the pretrained tower and LLM (`vision`, `llm`; empty
     when a pretraining has 0 steps)."""
-    tokenizer = train_tokenizer(texts, vocab_size)
+    # The LLM's text pretraining writes a scene position as one colour word and one kind word.
+    tokenizer = train_tokenizer(texts, vocab_size, words=[*COLOURS, *SHAPES])
     vision, image_processor = build_vision_tower(vision_sizes, seed)
     probes = {"vision": pretrain_vision_tower(vision, vision_pretrain, seed) if vision_pretrain.steps else {}}
     llm = build_llm(llm_sizes, tokenizer, seed)
