@@ -14,6 +14,7 @@ from typing import Any
 
 from firellava.config import build
 from firellava.core.io import write_jsonl
+from firellava.core.tracking import active_run
 from firellava.engines import Engine, EngineSpec, build_engine
 from firellava.eval.answers import (
     AnswerCache,
@@ -60,8 +61,6 @@ class EvalSpec:
     answers_from: str | dict[str, str] | None = None
     blind: bool = False  # also answer every question without its image: the report's blind baseline
     judge: JudgeSpec = field(default_factory=JudgeSpec)
-    wandb: bool = False
-    wandb_project: str = "firellava"
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
@@ -234,8 +233,9 @@ def _evaluate(
         "data_root": str(data_root),
     }
     files = write_report(out_dir, results, meta)
-    if spec.wandb:
-        log_wandb(spec.wandb_project, results, meta, files["results_png"])
+    run = active_run()
+    if run is not None:
+        log_wandb(run, results, files["results_png"])
     return {
         "dir": str(out_dir),
         "model": model_id,

@@ -23,7 +23,9 @@ from typing import Any, NamedTuple, Protocol
 
 from firellava.config import build, to_node
 from firellava.core.io import atomic_path, iter_jsonl, staged_dir, write_json
+from firellava.core.progress import Progress
 from firellava.core.records import record_problem
+from firellava.core.tracking import active_run
 from firellava.mix.card import render_datacard
 from firellava.mix.io import JsonListReader
 from firellava.mix.plan import draw, plan_counts, shuffle
@@ -161,8 +163,10 @@ def _read_mix(
     reader = JsonListReader(path)
     start = time.perf_counter()
     n = 0
+    progress = Progress("mix665k read", None, unit="records", logger=log)
     for index, record, text in reader.with_text():
         n += 1
+        progress.update()
         name = classifier.classify(index, record)
         if name is None:
             continue
@@ -171,8 +175,6 @@ def _read_mix(
             pool.add(name, f"record {index}", record, text)
         else:
             pool.excluded["noncommercial"][name] += 1
-        if n % 100_000 == 0:
-            log.info("mix665k: %d records read (%.0f/s)", n, n / (time.perf_counter() - start))
     log.info("mix665k: %d records classified in %.1fs: %s", n, time.perf_counter() - start, dict(pool.seen))
     unclassified = classifier.result.unclassified
     if unclassified:
@@ -445,7 +447,17 @@ def build_mix(
         "seconds": round(time.perf_counter() - start, 1),
     }
     log.info("mix done: %s", json.dumps(summary))
+    run = active_run()
+    if run is not None:
+        _log_wandb(run, summary["by_source"], summary["excluded"])
     return summary
+
+
+def _log_wandb(run: Any, by_source: dict[str, int], excluded: dict[str, int]) -> None:
+    import wandb
+
+    table = wandb.Table(columns=["source", "records"], data=[[k, v] for k, v in by_source.items()])
+    run.log({"mix/by_source": table, **{f"mix/excluded/{k}": v for k, v in excluded.items()}})
 
 
 def run(cfg) -> dict[str, Any]:

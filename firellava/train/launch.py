@@ -10,6 +10,7 @@ worker's whole result (`train_result.json`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,8 +27,9 @@ from firellava.config import build, to_node
 from firellava.core.io import atomic_path, read_json
 from firellava.core.model_builder import ModelSpec
 from firellava.core.net import free_port
+from firellava.core.tracking import WandbSpec
 from firellava.train.export import RESULT_FILE
-from firellava.train.spec import DeepSpeedSpec, TrainSpec, WorkerJob
+from firellava.train.spec import DeepSpeedSpec, StageSpec, TrainSpec, WorkerJob
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
@@ -52,8 +54,15 @@ def launcher_command(train: TrainSpec, job_file: Path, port: int) -> list[str]:
     return cmd
 
 
-def launch(train: TrainSpec, model: ModelSpec, deepspeed: DeepSpeedSpec, stage: str) -> dict[str, Any]:
-    spec = train.stage(stage)
+def launch(
+    train: TrainSpec,
+    model: ModelSpec,
+    deepspeed: DeepSpeedSpec,
+    stage: str,
+    tracking: WandbSpec | None = None,
+) -> dict[str, Any]:
+    tracking = tracking or WandbSpec()
+    spec = with_tracking(train.stage(stage), tracking)
     ds_config = deepspeed.config(spec.zero_stage)  # a bad config fails here, before any process starts
     out = Path(spec.output_dir).resolve()
     if (out / RESULT_FILE).exists():
@@ -71,6 +80,8 @@ def launch(train: TrainSpec, model: ModelSpec, deepspeed: DeepSpeedSpec, stage: 
     port = train.master_port or free_port()
     cmd = launcher_command(train, job_dir / "job.json", port)
     env = dict(os.environ)
+    if tracking.enabled:
+        env.update(tracking.env(f"{stage}-trainer"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if not torch.cuda.is_available():
         procs = max(1, train.num_gpus)
@@ -84,9 +95,15 @@ def launch(train: TrainSpec, model: ModelSpec, deepspeed: DeepSpeedSpec, stage: 
     return read_json(out / RESULT_FILE)
 
 
+def with_tracking(spec: StageSpec, tracking: WandbSpec) -> StageSpec:
+    """The HF Trainer reports to wandb exactly when the pipeline tracks (conf/wandb), whatever report_to says."""
+    others = [r for r in spec.report_to if r != "wandb"]
+    return dataclasses.replace(spec, report_to=others + (["wandb"] if tracking.enabled else []))
+
+
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
-    return launch(build(cfg.train), build(cfg.model), build(cfg.deepspeed), "pretrain")
+    return launch(build(cfg.train), build(cfg.model), build(cfg.deepspeed), "pretrain", build(cfg.wandb))
 
 
 def run_finetune(cfg: DictConfig) -> dict[str, Any]:
-    return launch(build(cfg.train), build(cfg.model), build(cfg.deepspeed), "finetune")
+    return launch(build(cfg.train), build(cfg.model), build(cfg.deepspeed), "finetune", build(cfg.wandb))

@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from firellava.core.model_builder import ModelSpec, build_llava
+from firellava.core.progress import Progress
 from firellava.train.data import Collator, EncodingSpec, LlavaDataset
 from firellava.train.export import (
     RESULT_FILE,
@@ -64,6 +66,33 @@ class StartStep(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.step = state.global_step
+
+
+class ProgressLines(TrainerCallback):
+    """A line on rank 0 at most every ~10 s: step/total, steps/s, ETA, the latest loss. It replaces HF's
+    PrinterCallback (a raw dict every `logging_steps`, which is a flood at 1 and silence at 200)."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.progress: Progress | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.progress = Progress(
+                self.stage, state.max_steps, unit="steps", logger=log, start=state.global_step
+            )
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress and logs and "loss" in logs:
+            self.progress.extra = f"loss {logs['loss']:.4g}"
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.update(state.global_step - self.progress.done)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.close()
 
 
 def last_complete_checkpoint(checkpoints: Path) -> str | None:
@@ -242,11 +271,12 @@ def train_stage(
         args=args,
         train_dataset=train_data,
         data_collator=collator,
-        callbacks=[start_step],
+        callbacks=[start_step, ProgressLines(stage)],
         # Packs need no length grouping: best-fit made their lengths even already.
         modality_lengths=dataset.lengths if spec.group_by_modality_length and not spec.packing else None,
         packed=spec.packing,
     )
+    trainer.remove_callback(PrinterCallback)
     resume = None if overwrite else last_complete_checkpoint(checkpoints)
     if rank == 0 and resume:
         log.info("resuming %s from %s", stage, resume)
