@@ -21,6 +21,7 @@ from firellava.core.progress import Progress
 from firellava.train.data import Collator, EncodingSpec, LlavaDataset
 from firellava.train.export import (
     RESULT_FILE,
+    TRAINER_STATE,
     group_of,
     load_projector,
     save_model_dir,
@@ -319,9 +320,15 @@ def train_stage(
         "resumed_from": resume,
         "start_step": start_step.step,
     }
-    if stage == "pretrain":
-        write_outputs(out, lambda tmp: save_projector(tmp, state_dict, model), result)
-    else:
-        write_outputs(out, lambda tmp: save_model_dir(tmp, state_dict, model, processor), result)
+
+    def write(tmp: Path) -> None:
+        # The loss curve and the rest of the log history, which no checkpoint holds when none was saved.
+        trainer.state.save_to_json(str(tmp / TRAINER_STATE))
+        if stage == "pretrain":
+            save_projector(tmp, state_dict, model)
+        else:
+            save_model_dir(tmp, state_dict, model, processor)
+
+    write_outputs(out, write, result)
     log.info("%s done: %s", stage, result)
     return result
