@@ -14,13 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
-from wandb_helpers import offline_runs
 
 from firellava.core.records import check_record
 from firellava.core.tracking import WandbSpec, stage_run
 from firellava.datagen.stage import DatagenSpec, Sources, Teacher, generate_dataset
 from firellava.engines import EngineSpec, SamplingParams, build_engine
 from firellava.toy.teacher import LLAMA2_CHAT_TEMPLATE
+from tests.wandb_helpers import offline_runs
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = {"conversation": 8, "detail": 6, "complex_reasoning": 8}

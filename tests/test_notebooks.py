@@ -12,10 +12,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import REPO, compose_config
 from nbclient import NotebookClient
 
 from firellava.core.io import read_json, write_json, write_jsonl
+from tests.conftest import REPO, compose_config
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 TYPES = ("conversation", "detail", "complex_reasoning")
@@ -161,3 +161,13 @@ def test_notebooks_are_stored_without_outputs(name):
     assert all(
         not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code"
     )
+
+
+def test_make_notebooks_writes_executed_copies_beside_the_summary(pipeline_summary, tmp_path, monkeypatch):
+    from firellava.report.__main__ import run_notebooks
+
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))  # run_notebooks sets it for the kernel
+    monkeypatch.setenv("FIRELLAVA_SUMMARY", "")
+    written = run_notebooks(pipeline_summary, tmp_path / "notebooks", ["results", "toy_world"])
+    assert [p.name for p in written] == ["results.ipynb", "toy_world.ipynb"]
+    assert outputs_of(nbformat.read(written[0], as_version=4), "image/png")

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, compose_config
-from wandb_helpers import offline_runs
 
 from firellava import stages as pipeline
 from firellava.summary import render_markdown
+from tests.conftest import REPO, compose_config
+from tests.wandb_helpers import offline_runs
 
 
 class FakeStages:

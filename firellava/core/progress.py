@@ -66,7 +66,8 @@ class Progress:
         eta = self.eta_s()
         tail = f", ETA {format_duration(eta)}" if eta is not None and self.done < (self.total or 0) else ""
         extra = f", {self.extra}" if self.extra else ""
-        return f"{head}, {self.rate:.3g} {self.unit}/s, {elapsed} elapsed{tail}{extra}"
+        rate = f"{self.rate:,.0f}" if self.rate >= 100 else f"{self.rate:.3g}"
+        return f"{head}, {rate} {self.unit}/s, {elapsed} elapsed{tail}{extra}"
 
     def update(self, n: int = 1, extra: str | None = None) -> None:
         self.done += n
