@@ -94,11 +94,12 @@ def conversation_text(record: Mapping[str, Any], width: int = 90) -> str:
 def draw_sample(
     ax: Any, record: Mapping[str, Any], image_folder: str | Path, boxes: CocoBoxes | None
 ) -> None:
-    """The record's image with its COCO boxes (when it has an image that COCO annotates), titled with its id."""
+    """The record's image with its COCO boxes (when it has an image that COCO annotates), titled with its type
+    (generated records) or source and its id."""
     from PIL import Image
 
-    title = f"{record.get('source', '')} {record.get('type', '')} {record['id']}".strip()
-    ax.set_title(title, fontsize=7)
+    kind = record.get("type") or record.get("source") or ""
+    ax.set_title(f"{kind}\n{str(record['id'])[:28]}", fontsize=7)
     ax.axis("off")
     if "image" not in record:
         ax.text(0.5, 0.5, "(text-only)", ha="center", va="center")
