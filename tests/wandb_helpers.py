@@ -63,7 +63,12 @@ def read_run(path: str | Path) -> dict:
 
 
 def offline_runs(root: str | Path) -> dict[str, dict]:
-    """Every offline run under `root/wandb/`, by run name."""
+    """Every offline run under `root/wandb/`, by run name. wandb's service writes the files: it is shut down
+    first (in this process; a training worker's ended with the worker) so that every record has reached them."""
+    import sys
+
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
     runs = {}
     for path in sorted(Path(root).glob("wandb/offline-run-*/run-*.wandb")):
         run = read_run(path)
