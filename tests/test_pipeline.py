@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from firellava import stages as pipeline
 from firellava.summary import render_markdown
@@ -122,3 +123,10 @@ def test_cli_failing_stage_exits_non_zero_with_its_error(tmp_path):
     out = proc.stdout + proc.stderr
     assert "file not found" in out and "stage mix failed" in out
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_every_stage_declares_the_config_it_reads():
+    cfg = compose_config("experiment=firellava_13b")
+    assert set(pipeline.READS) == set(pipeline.STAGES)
+    for stage, keys in pipeline.READS.items():
+        assert all(OmegaConf.select(cfg, key) is not None for key in keys), stage
