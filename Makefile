@@ -11,7 +11,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_ENGINES := engine/teacher=vllm engine/eval=vllm engine/judge=vllm engine/serve=vllm
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-vllm demo demo-vllm test test-vllm test-gpu lint toy-world eval mix serve pretrain finetune datagen
+.PHONY: help install install-vllm demo demo-vllm test test-vllm test-gpu lint toy-world eval mix serve pretrain finetune datagen notebooks
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ finetune: $(STAMP)  ## instruction tuning through the deepspeed launcher (ZeRO-3
 
 eval: $(STAMP)  ## the LLaVA-1.5 benchmarks on a checkpoint (eval.checkpoint=..., eval.benchmarks=[...])
 	$(PY) -m firellava stages=[eval] $(ARGS)
+
+notebooks: $(STAMP)  ## run notebooks/ on the demo's outputs -> outputs/demo/notebooks/ (ARGS: another summary.json)
+	$(PY) -m firellava.report $(ARGS)
 
 test: $(STAMP)  ## unit + integration tests on CPU (gpu-marked tests skip without CUDA)
 	$(PY) -m pytest -q $(ARGS)

@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from firellava.core.records import check_record
-from firellava.datagen.stage import DatagenSpec, Sources, Teacher, WandbSpec, generate_dataset
+from firellava.core.tracking import WandbSpec, stage_run
+from firellava.datagen.stage import DatagenSpec, Sources, Teacher, generate_dataset
 from firellava.engines import EngineSpec, SamplingParams, build_engine
 from firellava.toy.teacher import LLAMA2_CHAT_TEMPLATE
+from tests.wandb_helpers import offline_runs
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = {"conversation": 8, "detail": 6, "complex_reasoning": 8}
@@ -116,17 +118,24 @@ def test_output_contract(reference, toy_world):
     assert summary["grounding"]["overall"]["records"] == checked
 
 
-def test_rerun_skips_finished_work(reference, toy_world, teacher_dir):
+def test_rerun_skips_finished_work(reference, toy_world, teacher_dir, tmp_path, monkeypatch):
     out, summary = reference
     before = outputs(out)
 
     def no_engine():
         raise AssertionError("a finished run must not load the engine again")
 
-    # wandb (disabled mode in tests) gets the stats and the sample table without touching the outputs.
-    with_wandb = spec(wandb=WandbSpec(enabled=True, samples=2))
-    again = generate_dataset(with_wandb, teacher(teacher_dir), sources(toy_world), no_engine, PARAMS, out)
+    # Inside the pipeline's wandb run (offline) the stage logs its stats and a sample table, outputs untouched.
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    with stage_run(WandbSpec(mode="offline", group="g", dir=str(tmp_path)), "datagen"):
+        again = generate_dataset(
+            spec(wandb_samples=2), teacher(teacher_dir), sources(toy_world), no_engine, PARAMS, out
+        )
     assert outputs(out) == before and again["generated"] == summary["generated"]
+    (run,) = offline_runs(tmp_path).values()
+    logged = {k: v for row in run["history"] for k, v in row.items()}
+    assert logged["parsed"] == summary["parsed"] and "rejected/truncated" in logged
+    assert logged["samples/nrows"] == sum(min(2, n) for n in summary["per_type"].values())
 
 
 def test_other_settings_are_refused_not_mixed(reference, toy_world, teacher_dir):

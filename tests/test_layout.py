@@ -66,3 +66,12 @@ def test_a_stage_imports_no_other_stage():
             if hits:
                 offenders[str(p.relative_to(PACKAGE))] = hits
     assert offenders == {}
+
+
+def test_nothing_in_the_pipeline_imports_the_notebooks_helpers():
+    offenders = {
+        str(p.relative_to(PACKAGE)): sorted(n for n in imports_of(p) if n.startswith("firellava.report"))
+        for p in modules()
+        if floor(p) != "report"
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}

@@ -349,4 +349,6 @@ def test_cli_records_the_stage_in_summary(out):
     assert proc.returncode == 0, proc.stderr[-3000:]
     entry = read_json(out / "summary.json")["mix"]
     assert entry["total"] == sum(PERMITTED.values()) + GENERATED_PER_FILE * len(TYPES)
-    assert set(entry) >= {"dir", "total", "by_source", "excluded", "mix_json"}
+    assert set(entry) >= {"dir", "total", "by_source", "excluded", "mix_json", "wall_s", "config_digest"}
+    md = (out / "summary.md").read_text()
+    assert f"| total | {entry['total']} |" in md and "| by_source.vqav2 |" in md and "| mix |" in md

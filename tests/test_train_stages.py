@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 from transformers import AutoProcessor, CLIPVisionModel, LlamaForCausalLM
 
 from firellava.engines import EngineSpec, Prompt, SamplingParams, build_engine
-from firellava.train.export import PROJECTOR_FILE, RESULT_FILE
+from firellava.train.export import PROJECTOR_FILE, RESULT_FILE, TRAINER_STATE
 from firellava.train.launch import run_finetune, run_pretrain
 from tests.llava_helpers import load_llava, render
+from tests.wandb_helpers import offline_runs
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -55,8 +56,22 @@ CHECKPOINTS = tuple(
 
 @pytest.fixture(scope="module")
 def stages(toy_world, tmp_path_factory):
-    cfg = tiny_cfg(toy_world, tmp_path_factory.mktemp("train"), *CHECKPOINTS)
+    # wandb offline: the HF Trainer in the rank-0 worker writes its run under paths.output_dir/wandb/.
+    tracking = ("wandb.mode=offline", "wandb.group=train-test")
+    cfg = tiny_cfg(toy_world, tmp_path_factory.mktemp("train"), *CHECKPOINTS, *tracking)
     return cfg, run_pretrain(cfg), run_finetune(cfg)
+
+
+def test_trainer_logs_curves_to_wandb_and_trainer_state(stages):
+    cfg, pre, fine = stages
+    runs = offline_runs(cfg.paths.output_dir)
+    assert set(runs) == {"pretrain-trainer", "finetune-trainer"}
+    for result, run in ((pre, runs["pretrain-trainer"]), (fine, runs["finetune-trainer"])):
+        assert run["group"] == "train-test" and run["project"] == cfg.wandb.project
+        losses = [row["train/loss"] for row in run["history"] if "train/loss" in row]
+        assert len(losses) == result["steps"] and losses[-1] == pytest.approx(result["final_loss"], abs=1e-3)
+        state = json.loads((Path(result["dir"]) / TRAINER_STATE).read_text())
+        assert [e["loss"] for e in state["log_history"] if "loss" in e] == pytest.approx(losses, abs=1e-6)
 
 
 def test_pretrain_zero2_trains_only_the_projector(stages, toy_world):

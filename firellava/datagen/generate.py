@@ -20,6 +20,7 @@ from typing import Any
 
 from firellava.core.instructions import DETAIL_INSTRUCTIONS
 from firellava.core.io import iter_jsonl, read_json, write_json, write_jsonl
+from firellava.core.progress import Progress
 from firellava.datagen.contexts import USES_BOXES, ImageContext, WorkItem, format_context
 from firellava.datagen.parse import ParseRules, Rejected, parse_generation
 from firellava.datagen.prompts import PromptSet
@@ -105,6 +106,8 @@ def generate_chunks(
         return {"generations": 0, "seconds": 0.0, "output_tokens": 0}
     engine = engine_factory()
     start = time.perf_counter()
+    # A chunk is one engine call: a line after each, however long it took.
+    progress = Progress("datagen", total, unit="generations", every_s=0.0, logger=log)
     n_done = tokens = parsed = 0
     for chunk in pending:
         batch = [prompt_for(item, contexts[item.image_id], prompts, box_decimals) for item in chunk.items]
@@ -145,14 +148,9 @@ def generate_chunks(
         write_jsonl(parts_dir / f"{chunk.name}.jsonl", rows)
         n_done += len(chunk.items)
         elapsed = time.perf_counter() - start
-        log.info(
-            "datagen: chunk %s done, %d/%d generations, %.0f%% parse, %.2f gen/s, %.1f output tok/s",
-            chunk.name,
-            n_done,
-            total,
-            100 * parsed / n_done,
-            n_done / elapsed,
-            tokens / elapsed,
+        progress.update(
+            len(chunk.items),
+            f"chunk {chunk.name}, {100 * parsed / n_done:.0f}% parse, {tokens / elapsed:.1f} output tok/s",
         )
     return {"generations": n_done, "seconds": time.perf_counter() - start, "output_tokens": tokens}
 

@@ -20,6 +20,7 @@ from firellava.config import build
 from firellava.core.decontam import DecontamSpec, excluded_coco_ids
 from firellava.core.neardup import NearDupIndex, NearDupSpec
 from firellava.core.terms import TrainingTerms
+from firellava.core.tracking import active_run, flat_numbers
 from firellava.datagen.contexts import TYPES, load_contexts, select_work
 from firellava.datagen.generate import (
     check_manifest,
@@ -42,14 +43,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class WandbSpec:
-    enabled: bool = False
-    project: str = "firellava"
-    run_name: str | None = None
-    samples: int = 8
-
-
-@dataclass(frozen=True)
 class DatagenSpec:
     counts: dict[str, int]
     prompt_set: str = "llava"
@@ -64,8 +57,8 @@ class DatagenSpec:
     rules: ParseRules = field(default_factory=ParseRules)
     grounding: GroundingSpec = field(default_factory=GroundingSpec)
     near_duplicates: NearDupSpec = field(default_factory=NearDupSpec)
-    wandb: WandbSpec = field(default_factory=WandbSpec)
     decontamination: DecontamSpec | None = None  # images the benchmarks evaluate on are not selected
+    wandb_samples: int = 8  # sample conversations per type in the wandb table (when the pipeline tracks)
 
     def __post_init__(self) -> None:
         unknown = set(self.counts) - set(TYPES)
@@ -237,8 +230,9 @@ def generate_dataset(
         },
     )
     write_outputs(out_dir, records, rejected, stats, prompts)
-    if spec.wandb.enabled:
-        _log_wandb(spec.wandb, stats, records)
+    run = active_run()
+    if run is not None:
+        _log_wandb(run, spec.wandb_samples, stats, records)
     log.info(
         "datagen: %d requested, %d generated, %d parsed, rejected %s -> %s",
         stats["requested"],
@@ -277,20 +271,17 @@ def _grounding_summary(g: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def _log_wandb(spec: WandbSpec, stats: Mapping[str, Any], records: Mapping[str, list[dict]]) -> None:
+def _log_wandb(run: Any, samples: int, stats: Mapping[str, Any], records: Mapping[str, list[dict]]) -> None:
     import wandb
 
-    run = wandb.init(project=spec.project, name=spec.run_name, job_type="datagen", config={"stats": stats})
-    flat = {k: v for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    flat.update({f"rejected/{k}": v for k, v in stats["rejected"].items()})
+    flat = flat_numbers({k: v for k, v in stats.items() if k != "this_run"})
     run.log(flat)
     table = wandb.Table(columns=["id", "type", "conversation"])
     for kind in TYPES:
-        for r in records[kind][: spec.samples]:
+        for r in records[kind][:samples]:
             text = "\n\n".join(f"{t['from']}: {t['value']}" for t in r["conversations"])
             table.add_data(r["id"], kind, text)
     run.log({"samples": table})
-    run.finish()
 
 
 def teacher_sampling(engine: EngineSpec, spec: DatagenSpec) -> SamplingParams:

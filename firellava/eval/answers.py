@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Hashable, Sequence
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from firellava.core.io import append_jsonl, iter_jsonl, write_jsonl
+from firellava.core.progress import Progress
 from firellava.engines import Engine, Prompt, SamplingParams
 from firellava.eval.benchmarks.base import Benchmark, BenchmarkDataError, Question
 
@@ -178,7 +178,7 @@ def generate_missing(
         len(questions),
         len(questions) - len(todo),
     )
-    start = time.perf_counter()
+    progress = Progress(f"{benchmark} answers", len(todo), unit="questions", logger=log)
     for i in range(0, len(todo), batch_size):
         batch = todo[i : i + batch_size]
         generations = engine.generate([to_prompt(q) for q in batch], params)
@@ -200,8 +200,8 @@ def generate_missing(
                 for q, g in zip(batch, generations)
             ]
         )
-        done, took = i + len(batch), time.perf_counter() - start
-        log.info("%s: %d/%d answers, %.2f questions/s", benchmark, done, len(todo), done / max(took, 1e-9))
+        progress.update(len(batch))
+    progress.close()
     return len(todo)
 
 

@@ -8,10 +8,10 @@ import hashlib
 import json
 import logging
 import re
-import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from firellava.core.progress import Progress
 from firellava.engines import Engine, Generation, Prompt, SamplingParams, close_engine
 
 if TYPE_CHECKING:  # eval.answers imports the benchmarks, which import this module
@@ -79,7 +79,8 @@ class Judge:
             if contents:
                 log.info("judge %s: all %d reviews cached", self.model_name, len(contents))
             return [known[k] for k in keys]
-        start = time.perf_counter()
+        progress = Progress(f"judge {self.model_name}", len(todo), unit="reviews", logger=log)
+        progress.extra = f"{len(contents) - len(todo)} cached"
         for i in range(0, len(todo), self.save_every):
             batch = todo[i : i + self.save_every]
             prompts = [
@@ -95,15 +96,8 @@ class Judge:
             if self.cache is not None:
                 self.cache.put(records)
             self.generated += len(batch)
-            done, took = i + len(batch), time.perf_counter() - start
-            log.info(
-                "judge %s: %d/%d reviews (%d cached), %.2f/s",
-                self.model_name,
-                done,
-                len(todo),
-                len(contents) - len(todo),
-                done / max(took, 1e-9),
-            )
+            progress.update(len(batch))
+        progress.close()
         return [known[k] for k in keys]
 
 

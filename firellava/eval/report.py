@@ -75,15 +75,12 @@ def write_report(out_dir: Path, results: dict[str, dict[str, Any]], meta: dict[s
     return files
 
 
-def log_wandb(
-    project: str, results: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any], chart: Path
-) -> None:
+def log_wandb(run: Any, results: Mapping[str, Mapping[str, Any]], chart: Path) -> None:
+    """The scores, the table beside LLaVA-1.5-13B's published numbers and the chart, into the stage's run."""
     import wandb
 
-    run = wandb.init(project=project, name=f"eval-{meta['model']}", config=dict(meta), job_type="eval")
     run.log({f"eval/{n}": r["score"] for n, r in results.items() if r["score"] is not None})
     table = wandb.Table(columns=["benchmark", "split", "score", "llava_1_5_13b"])
     for n, r in results.items():
         table.add_data(n, r["split"], r["score"], BENCHMARKS[n].published)
     run.log({"eval/results": table, "eval/chart": wandb.Image(str(chart))})
-    run.finish()

@@ -15,6 +15,7 @@ from typing import Any
 from firellava.config import build
 from firellava.core.io import write_jsonl
 from firellava.core.model_card import refresh_model_card
+from firellava.core.tracking import active_run
 from firellava.engines import Engine, EngineSpec, build_engine
 from firellava.eval.answers import (
     AnswerCache,
@@ -61,8 +62,6 @@ class EvalSpec:
     answers_from: str | dict[str, str] | None = None
     blind: bool = False  # also answer every question without its image: the report's blind baseline
     judge: JudgeSpec = field(default_factory=JudgeSpec)
-    wandb: bool = False
-    wandb_project: str = "firellava"
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
@@ -239,8 +238,9 @@ def _evaluate(
         card = refresh_model_card(checkpoint, {**meta, "benchmarks": results}, out_dir)
         if card is not None:
             log.info("model card with these results: %s", card)
-    if spec.wandb:
-        log_wandb(spec.wandb_project, results, meta, files["results_png"])
+    run = active_run()
+    if run is not None:
+        log_wandb(run, results, files["results_png"])
     return {
         "dir": str(out_dir),
         "model": model_id,

@@ -25,8 +25,10 @@ from firellava.config import build, to_node
 from firellava.core.decontam import DecontamSpec
 from firellava.core.io import atomic_path, iter_jsonl, staged_dir, write_json
 from firellava.core.neardup import NearDupSpec
+from firellava.core.progress import Progress
 from firellava.core.records import record_problem
 from firellava.core.terms import TrainingTerms
+from firellava.core.tracking import active_run
 from firellava.mix.card import render_datacard
 from firellava.mix.decontam import EVAL_OVERLAP, decontaminate
 from firellava.mix.dedup import drop_generated_near_duplicates
@@ -180,8 +182,10 @@ def _read_mix(
     reader = JsonListReader(path)
     start = time.perf_counter()
     n = 0
+    progress = Progress("mix665k read", None, unit="records", logger=log)
     for index, record, text in reader.with_text():
         n += 1
+        progress.update()
         name = classifier.classify(index, record)
         if name is None:
             continue
@@ -190,8 +194,6 @@ def _read_mix(
             pool.add(name, f"record {index}", record, text)
         else:
             pool.excluded["noncommercial"][name] += 1
-        if n % 100_000 == 0:
-            log.info("mix665k: %d records read (%.0f/s)", n, n / (time.perf_counter() - start))
     log.info("mix665k: %d records classified in %.1fs: %s", n, time.perf_counter() - start, dict(pool.seen))
     unclassified = classifier.result.unclassified
     if unclassified:
@@ -506,7 +508,17 @@ def build_mix(
         "seconds": round(time.perf_counter() - start, 1),
     }
     log.info("mix done: %s", json.dumps(summary))
+    run = active_run()
+    if run is not None:
+        _log_wandb(run, summary["by_source"], summary["excluded"])
     return summary
+
+
+def _log_wandb(run: Any, by_source: dict[str, int], excluded: dict[str, int]) -> None:
+    import wandb
+
+    table = wandb.Table(columns=["source", "records"], data=[[k, v] for k, v in by_source.items()])
+    run.log({"mix/by_source": table, **{f"mix/excluded/{k}": v for k, v in excluded.items()}})
 
 
 def run(cfg) -> dict[str, Any]:

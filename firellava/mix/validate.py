@@ -15,6 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from firellava.core.progress import Progress
+
 log = logging.getLogger(__name__)
 
 IMAGE_CHECKS = ("decode", "exists")
@@ -52,14 +54,12 @@ def check_images(
     jobs = [(str(folder), rel, mode) for rel in unique]
     start = time.perf_counter()
     results: dict[str, tuple[str, str]] = {}
-    every = max(1000, len(jobs) // 20)
+    progress = Progress("images checked", len(jobs), unit="images", logger=log)
 
     def collect(it: Iterable[tuple[str, str, str]]) -> None:
         for rel, status, digest in it:
             results[rel] = (status, digest)
-            if len(results) % every == 0:
-                rate = len(results) / max(time.perf_counter() - start, 1e-9)
-                log.info("images checked: %d/%d (%.0f/s)", len(results), len(jobs), rate)
+            progress.update()
 
     # Worker processes only pay off when there are enough images to amortize starting them.
     if workers == 1 or len(jobs) < 2000:

@@ -23,6 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from firellava.core.chat_format import IGNORE_INDEX, ChatFormatError, encode, expand_images
 from firellava.core.io import read_json
+from firellava.core.progress import Progress
 from firellava.core.records import display_id, record_problem
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,9 @@ class LlavaDataset(torch.utils.data.Dataset):
         start = time.perf_counter()
         report = ScanReport(records=len(records))
         errors: list[str] = []
+        progress = Progress("training data scan", len(records), unit="records", logger=log)
         for index, record in enumerate(records):
+            progress.update()
             where = self._where(record, index)
             try:
                 problem = record_problem(record)
@@ -154,9 +157,6 @@ class LlavaDataset(torch.utils.data.Dataset):
             self.records.append(record)
             self.ids.append(display_id(record, index))
             self.lengths.append(len(input_ids) if "image" in record else -len(input_ids))
-            if (index + 1) % 100_000 == 0:
-                rate = (index + 1) / (time.perf_counter() - start)
-                log.info("scanned %d/%d records (%.0f/s)", index + 1, len(records), rate)
         if errors:
             shown = "\n  ".join(errors[:MAX_ERRORS_SHOWN])
             more = (

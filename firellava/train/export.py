@@ -23,6 +23,7 @@ from firellava.core.model_card import CARD_DATA_FILE, write_model_card
 
 PROJECTOR_FILE = "projector.safetensors"
 RESULT_FILE = "train_result.json"
+TRAINER_STATE = "trainer_state.json"  # HF TrainerState of the finished run: log_history is the loss curve
 PROJECTOR_PREFIX = "model.multi_modal_projector."
 # transformers 5 flattens CLIPVisionModel (no `vision_model.` level) and saves the tower's weights that way; the
 # published llava-hf layout, which vLLM's loader requires, keeps the level, and transformers loads either.

@@ -28,8 +28,9 @@ from firellava.core.io import atomic_path, read_json
 from firellava.core.model_builder import ModelSpec
 from firellava.core.model_card import card_data
 from firellava.core.net import free_port
+from firellava.core.tracking import WandbSpec
 from firellava.train.export import RESULT_FILE
-from firellava.train.spec import DeepSpeedSpec, TrainSpec, WorkerJob
+from firellava.train.spec import DeepSpeedSpec, StageSpec, TrainSpec, WorkerJob
 from firellava.train.terms import check_terms
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,15 @@ def launcher_command(train: TrainSpec, job_file: Path, port: int) -> list[str]:
     return cmd
 
 
-def launch(train: TrainSpec, model: ModelSpec, deepspeed: DeepSpeedSpec, stage: str) -> dict[str, Any]:
-    spec = train.stage(stage)
+def launch(
+    train: TrainSpec,
+    model: ModelSpec,
+    deepspeed: DeepSpeedSpec,
+    stage: str,
+    tracking: WandbSpec | None = None,
+) -> dict[str, Any]:
+    tracking = tracking or WandbSpec()
+    spec = with_tracking(train.stage(stage), tracking)
     ds_config = deepspeed.config(spec.zero_stage)  # a bad config fails here, before any process starts
     out = Path(spec.output_dir).resolve()
     if (out / RESULT_FILE).exists():
@@ -78,6 +86,8 @@ def launch(train: TrainSpec, model: ModelSpec, deepspeed: DeepSpeedSpec, stage: 
     port = train.master_port or free_port()
     cmd = launcher_command(train, job_dir / "job.json", port)
     env = dict(os.environ)
+    if tracking.enabled:
+        env.update(tracking.env(f"{stage}-trainer"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     if not torch.cuda.is_available():
         procs = max(1, train.num_gpus)
@@ -91,9 +101,15 @@ def launch(train: TrainSpec, model: ModelSpec, deepspeed: DeepSpeedSpec, stage: 
     return read_json(out / RESULT_FILE)
 
 
+def with_tracking(spec: StageSpec, tracking: WandbSpec) -> StageSpec:
+    """The HF Trainer reports to wandb exactly when the pipeline tracks (conf/wandb), whatever report_to says."""
+    others = [r for r in spec.report_to if r != "wandb"]
+    return dataclasses.replace(spec, report_to=others + (["wandb"] if tracking.enabled else []))
+
+
 def run_pretrain(cfg: DictConfig) -> dict[str, Any]:
-    return launch(build(cfg.train), build(cfg.model), build(cfg.deepspeed), "pretrain")
+    return launch(build(cfg.train), build(cfg.model), build(cfg.deepspeed), "pretrain", build(cfg.wandb))
 
 
 def run_finetune(cfg: DictConfig) -> dict[str, Any]:
-    return launch(build(cfg.train), build(cfg.model), build(cfg.deepspeed), "finetune")
+    return launch(build(cfg.train), build(cfg.model), build(cfg.deepspeed), "finetune", build(cfg.wandb))

@@ -13,12 +13,15 @@ from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from firellava.core.model_builder import ModelSpec, build_llava
+from firellava.core.progress import Progress
 from firellava.train.data import Collator, EncodingSpec, LlavaDataset
 from firellava.train.export import (
     RESULT_FILE,
+    TRAINER_STATE,
     group_of,
     load_projector,
     save_card,
@@ -66,6 +69,33 @@ class StartStep(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.step = state.global_step
+
+
+class ProgressLines(TrainerCallback):
+    """A line on rank 0 at most every ~10 s: step/total, steps/s, ETA, the latest loss. It replaces HF's
+    PrinterCallback (a raw dict every `logging_steps`, which is a flood at 1 and silence at 200)."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.progress: Progress | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.progress = Progress(
+                self.stage, state.max_steps, unit="steps", logger=log, start=state.global_step
+            )
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress and logs and "loss" in logs:
+            self.progress.extra = f"loss {logs['loss']:.4g}"
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.update(state.global_step - self.progress.done)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.close()
 
 
 def last_complete_checkpoint(checkpoints: Path) -> str | None:
@@ -251,11 +281,12 @@ def train_stage(
         args=args,
         train_dataset=train_data,
         data_collator=collator,
-        callbacks=[start_step],
+        callbacks=[start_step, ProgressLines(stage)],
         # Packs need no length grouping: best-fit made their lengths even already.
         modality_lengths=dataset.lengths if spec.group_by_modality_length and not spec.packing else None,
         packed=spec.packing,
     )
+    trainer.remove_callback(PrinterCallback)
     resume = None if overwrite else last_complete_checkpoint(checkpoints)
     if rank == 0 and resume:
         log.info("resuming %s from %s", stage, resume)
@@ -298,17 +329,19 @@ def train_stage(
         "resumed_from": resume,
         "start_step": start_step.step,
     }
-    if stage == "pretrain":
-        write_outputs(out, lambda tmp: save_projector(tmp, state_dict, model), result)
-    else:
-        if card is not None:
-            result["terms"] = card["terms"]["statement"]
+    if stage == "finetune" and card is not None:
+        result["terms"] = card["terms"]["statement"]
 
-        def save(tmp: Path) -> None:
+    def write(tmp: Path) -> None:
+        # The loss curve and the rest of the log history, which no checkpoint holds when none was saved.
+        trainer.state.save_to_json(str(tmp / TRAINER_STATE))
+        if stage == "pretrain":
+            save_projector(tmp, state_dict, model)
+        else:
             save_model_dir(tmp, state_dict, model, processor)
             if card is not None:
                 save_card(tmp, card, result)
 
-        write_outputs(out, save, result)
+    write_outputs(out, write, result)
     log.info("%s done: %s", stage, result)
     return result
