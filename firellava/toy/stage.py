@@ -52,9 +52,8 @@ class ToyWorldSpec:
     teacher: ToyTeacherSpec
     benchmark_questions: int  # per toy benchmark
     overwrite: bool = False
-    cache_dir: str | None = (
-        None  # content-addressed cache of the pretrained models (`model_cache`); None: off
-    )
+    # Content-addressed cache of the pretrained models (`model_cache`); None: off.
+    cache_dir: str | None = None
 
 
 def corpus(data: ToyData) -> Iterator[str]:
