@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from collections import Counter
@@ -232,7 +233,10 @@ def test_modality_sampler_single_modality_batches_balanced_across_ranks():
     assert Counter(lengths[i] > 0 for i in order) == Counter(x > 0 for x in lengths)
 
 
-def test_batch_plan_and_local_rank():
+def test_batch_plan_and_local_rank(monkeypatch):
+    # consume_local_rank sets LOCAL_RANK for the worker; in this process it would make later Trainers distributed
+    monkeypatch.setenv("LOCAL_RANK", "")  # recorded, so that teardown removes what the calls below set
+    monkeypatch.delenv("LOCAL_RANK")
     plan = batch_plan(128, 16, 8)
     assert plan.accumulation == 1 and "128 = per-device 16 x accumulation 1 x world size 8" in plan.describe()
     assert batch_plan(256, 32, 2).accumulation == 4
@@ -240,6 +244,7 @@ def test_batch_plan_and_local_rank():
         batch_plan(100, 16, 8)
     assert consume_local_rank(["w", "--local_rank=1", "a=b"]) == ["w", "a=b"]
     assert consume_local_rank(["w", "--local_rank", "0", "x=y"]) == ["w", "x=y"]
+    assert os.environ["LOCAL_RANK"] == "1"  # the first one set it; setdefault keeps a launcher's value
 
 
 def test_records_longer_than_max_length_are_named_before_training(tmp_path, tiny_llava, caplog):

@@ -123,3 +123,32 @@ def histograms(ax: Any, groups: Mapping[str, Sequence[int]], xlabel: str, bins: 
     ax.set_xlabel(xlabel)
     ax.set_ylabel("records")
     ax.legend(fontsize=7)
+
+
+def quality_tables(mix_dir: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """The mix manifest's checks as rows: datagen's grounding per type (CHAIR rates, count mismatches), the
+    near-duplicates removed (datagen's, within the generated data; the mix's, against other sources' records of
+    the same image) and the decontamination per benchmark."""
+    manifest = read_json(Path(mix_dir) / "manifest.json")
+    checks = manifest.get("generated_checks") or {}
+    grounding = [
+        {"type": kind, **{k: v for k, v in t.items() if k != "examples"}}
+        for kind, t in checks.get("per_type", {}).items()
+    ]
+    mix_dups = manifest.get("near_duplicates") or {}
+    near_duplicates = [
+        {
+            "where": "datagen (within the generated data)",
+            "removed": checks.get("rejected", {}).get("near_duplicate"),
+        },
+        {"where": "mix (generated vs other sources, same image)", "removed": mix_dups.get("removed")},
+    ]
+    decontam = manifest.get("decontamination") or {}
+    decontamination = [
+        {
+            "benchmark": bench,
+            **{k: e[k] for k in ("eval_images", "training_records", "training_images", "removed")},
+        }
+        for bench, e in decontam.get("benchmarks", {}).items()
+    ]
+    return {"grounding": grounding, "near_duplicates": near_duplicates, "decontamination": decontamination}
