@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from firellava.config import build
 from firellava.train.spec import WorkerJob
 from firellava.train.stage import train_stage
@@ -48,6 +50,11 @@ def main(argv: list[str]) -> None:
     )
     job: WorkerJob = build(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
     train_stage(job.stage, job.spec, job.model, job.deepspeed, overwrite=job.overwrite, card=job.card)
+    # Leaving with the process group alive lets its communication threads be torn down during interpreter exit,
+    # which can abort the process (std::terminate) after a finished run.
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
