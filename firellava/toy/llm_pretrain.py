@@ -37,8 +37,8 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from firellava.core.chat_format import IGNORE_INDEX, IMAGE_TOKEN, encode
 from firellava.core.instructions import SHORT_ANSWER
+from firellava.core.progress import Progress
 from firellava.toy import language as lang
-from firellava.toy.progress import Progress
 from firellava.toy.scenes import COLOURS, SHAPES, Scene, sample_scene
 from firellava.toy.vision_pretrain import NONE, centre_labels
 
@@ -246,7 +246,7 @@ def pretrain_llm(
     )
     rng = random.Random(f"llm-pretrain/{seed}/batches")
     log.info("tiny LLM before pretraining, held-out %s", probe(llm, tokenizer, seed, grid))
-    progress = Progress("tiny LLM pretraining", spec.steps, spec.batch_size, "examples")
+    progress = Progress("tiny LLM pretraining", spec.steps * spec.batch_size, unit="examples")
     for step in range(1, spec.steps + 1):
         llm.train()
         loss = llm(**scene_batch(llm, rng.sample(examples, spec.batch_size), pad_id)).loss
@@ -254,8 +254,9 @@ def pretrain_llm(
         loss.backward()
         optimizer.step()
         schedule.step()
-        progress.update(step, loss=loss.item())
+        progress.update(spec.batch_size, extra=f"step {step}/{spec.steps}, loss {loss.item():.3f}")
         if step % PROBE_EVERY == 0 or step == spec.steps:
             metrics = probe(llm, tokenizer, seed, grid)
             log.info("tiny LLM step %d/%d: held-out %s", step, spec.steps, metrics)
+    progress.close()
     return metrics

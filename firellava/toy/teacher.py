@@ -18,13 +18,13 @@ import torch
 from transformers import AutoTokenizer
 
 from firellava.core.chat_format import IGNORE_INDEX
+from firellava.core.progress import Progress
 from firellava.datagen.contexts import TYPES, USES_BOXES, ImageContext, Instance, format_context
 from firellava.datagen.prefix import prompt_ids
 from firellava.datagen.prompts import format_response, prompt_set
 from firellava.engines import Prompt
 from firellava.toy import language
 from firellava.toy.llm_pretrain import Example, pad_batch
-from firellava.toy.progress import Progress
 from firellava.toy.scenes import Scene, sample_scene
 from firellava.toy.tiny_models import LlmSizes, build_llm
 
@@ -116,7 +116,7 @@ def train_toy_teacher(spec: ToyTeacherSpec, tokenizer_dir: Path, out_dir: Path, 
     )
     rng = random.Random(f"toy-teacher/{seed}/order")
     loss = torch.tensor(0.0)
-    progress = Progress("toy teacher training", spec.steps, spec.batch_size, "examples")
+    progress = Progress("toy teacher training", spec.steps * spec.batch_size, unit="examples")
     for step in range(spec.steps):
         batch = pad_batch(
             rng.sample(examples, spec.batch_size), tokenizer.pad_token_id or tokenizer.eos_token_id
@@ -127,7 +127,8 @@ def train_toy_teacher(spec: ToyTeacherSpec, tokenizer_dir: Path, out_dir: Path, 
         optim.step()
         sched.step()
         optim.zero_grad()
-        progress.update(step + 1, loss=loss.item())
+        progress.update(spec.batch_size, extra=f"step {step + 1}/{spec.steps}, loss {loss.item():.3f}")
+    progress.close()
     model.eval()
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

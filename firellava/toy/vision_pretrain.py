@@ -28,7 +28,7 @@ from torch import nn
 from transformers import CLIPVisionModel
 
 from firellava.core.model_builder import build_image_processor
-from firellava.toy.progress import Progress
+from firellava.core.progress import Progress
 from firellava.toy.scenes import COLOURS, SHAPES, Scene, draw_scene, sample_scene
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def pretrain_vision_tower(tower: CLIPVisionModel, spec: VisionPretrainSpec, seed
 
     metrics = held_out_probe()
     log.info("vision tower before pretraining, held-out %s", metrics)
-    progress = Progress("vision tower pretraining", spec.steps, spec.batch_size, "images")
+    progress = Progress("vision tower pretraining", spec.steps * spec.batch_size, unit="images")
     for step in range(1, spec.steps + 1):
         tower.train()
         batch = torch.randint(0, spec.scenes, (spec.batch_size,), generator=generator)
@@ -163,9 +163,10 @@ def pretrain_vision_tower(tower: CLIPVisionModel, spec: VisionPretrainSpec, seed
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        progress.update(step, loss=loss.item())
+        progress.update(spec.batch_size, extra=f"step {step}/{spec.steps}, loss {loss.item():.3f}")
         if step % 500 == 0 or step == spec.steps:
             metrics = held_out_probe()
             log.info("vision tower step %d/%d: held-out %s", step, spec.steps, metrics)
+    progress.close()
     tower.eval()
     return metrics
