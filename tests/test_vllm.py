@@ -308,14 +308,19 @@ def check_answers(client, model, reference, training_ids) -> None:
     assert same_text(streamed, reference[0].text)
     assert chunks[-1].usage.prompt_tokens == reference[0].prompt_tokens
     for name, (messages, colours) in REQUESTS.items():
-        reply = client.chat.completions.create(
-            model=model,
-            messages=as_openai(messages, colours),
-            max_tokens=2,
-            temperature=0,
-            extra_body={"return_token_ids": True},
-        ).model_dump()
-        assert reply["prompt_token_ids"] == training_ids[name], name
+        reply = ask_with_token_ids(client, model, messages, colours, max_tokens=2)
+        assert reply.model_dump()["prompt_token_ids"] == training_ids[name], name
+
+
+def ask_with_token_ids(client, model: str, messages: list[dict], colours: list, max_tokens: int):
+    """A greedy chat request asking for the ids the model is fed (vLLM's `return_token_ids` extension)."""
+    return client.chat.completions.create(
+        model=model,
+        messages=as_openai(messages, colours),
+        max_tokens=max_tokens,
+        temperature=0,
+        extra_body={"return_token_ids": True},
+    )
 
 
 @pytest.mark.parametrize("backend", ["vllm", "transformers"])
@@ -419,18 +424,22 @@ def vllm_server_command(model: str, port: int) -> list[str]:
     ]
 
 
-def whole_string_ids(llava_dir, messages: list[dict]) -> list[int]:
-    """What vLLM's own chat endpoint feeds the model: the checkpoint's chat template rendered, then tokenized as
-    one string with `add_special_tokens=False`, each image widened by vLLM to its placeholders."""
+def whole_string_ids(llava_dir):
+    """What vLLM's own chat endpoint feeds the model for some messages: the checkpoint's chat template rendered,
+    then tokenized as one string with `add_special_tokens=False`, each image widened by vLLM to its placeholders."""
     from transformers import AutoConfig, AutoProcessor
 
     from firellava.core.chat_format import expand_images
 
     processor = AutoProcessor.from_pretrained(llava_dir)
     config = AutoConfig.from_pretrained(llava_dir)
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    ids = processor.tokenizer(text, add_special_tokens=False).input_ids
-    return expand_images(ids, config.image_token_id, config.image_seq_length)
+
+    def ids(messages: list[dict]) -> list[int]:
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        tokens = processor.tokenizer(text, add_special_tokens=False).input_ids
+        return expand_images(tokens, config.image_token_id, config.image_seq_length)
+
+    return ids
 
 
 def test_vllm_server_serves_the_exported_directory(llava_dir, training_ids, tmp_path):
@@ -463,17 +472,12 @@ def test_vllm_server_serves_the_exported_directory(llava_dir, training_ids, tmp_
         client = openai.OpenAI(
             base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120
         )
+        whole_string = whole_string_ids(llava_dir)
         for name, (messages, colours) in REQUESTS.items():
-            reply = client.chat.completions.create(
-                model=NAME,
-                messages=as_openai(messages, colours),
-                max_tokens=4,
-                temperature=0,
-                extra_body={"return_token_ids": True},
-            )
+            reply = ask_with_token_ids(client, NAME, messages, colours, max_tokens=4)
             fed = reply.model_dump()["prompt_token_ids"]
             assert reply.choices[0].message.content and reply.usage.prompt_tokens == len(fed), name
-            assert fed == whole_string_ids(llava_dir, messages), name
+            assert fed == whole_string(messages), name
             # one `▁` fewer per image than training; the same length where only `<s>`'s boundary differs
             assert len(training_ids[name]) - len(fed) == len(colours), name
             assert fed != training_ids[name], name
