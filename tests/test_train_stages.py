@@ -5,7 +5,9 @@ plain transformers and generates; a finished stage is not silently redone."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from tests.llava_helpers import load_llava, render
 from tests.wandb_helpers import offline_runs
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+STARTED = time.time()
 
 
 def tiny_cfg(world: dict, out: Path, *extra: str):
@@ -38,7 +41,8 @@ def tiny_cfg(world: dict, out: Path, *extra: str):
         "train.pretrain.epochs=1",
         "train.finetune.global_batch_size=8",
         "train.finetune.per_device_batch_size=2",  # accumulation 2
-        "train.finetune.pack_images=2",  # packing is on: about 2 samples a pack, 1 pack a micro-batch
+        "train.finetune.packing=true",  # production's default (the CPU demo pads)
+        "train.finetune.pack_images=2",  # about 2 samples a pack, 1 pack a micro-batch
         "train.finetune.epochs=1",
         *extra,
     ]
@@ -72,6 +76,19 @@ def test_trainer_logs_curves_to_wandb_and_trainer_state(stages):
         assert len(losses) == result["steps"] and losses[-1] == pytest.approx(result["final_loss"], abs=1e-3)
         state = json.loads((Path(result["dir"]) / TRAINER_STATE).read_text())
         assert [e["loss"] for e in state["log_history"] if "loss" in e] == pytest.approx(losses, abs=1e-6)
+
+
+def test_cpu_runs_leave_no_shared_memory_behind(stages):
+    """DeepSpeed's CPU collectives never unlink their per-rank /dev/shm buffers; the launcher removes them."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm on this machine")
+    left = [
+        p.name
+        for p in shm.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")
+        if p.stat().st_mtime >= STARTED
+    ]
+    assert left == []
 
 
 def test_pretrain_zero2_trains_only_the_projector(stages, toy_world):

@@ -35,6 +35,18 @@ from firellava.train.terms import check_terms
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
+SHM_DIR = Path("/dev/shm")
+
+
+def remove_shm_buffers(port: int, shm_dir: Path = SHM_DIR) -> list[Path]:
+    """Remove the shared-memory allreduce buffers of the CPU run on `port`: DeepSpeed's CPU collectives create
+    one per rank (`deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`, tens of MB) and never unlink them,
+    so every CPU run would leave its buffers in /dev/shm until the machine runs out of shared memory."""
+    removed = []
+    for path in shm_dir.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def launcher_command(train: TrainSpec, job_file: Path, port: int) -> list[str]:
@@ -93,7 +105,10 @@ def launch(
         procs = max(1, train.num_gpus)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs)))
     log.info("%s: %s", stage, " ".join(cmd))
-    rc = subprocess.run(cmd, env=env, cwd=os.getcwd(), check=False).returncode
+    try:
+        rc = subprocess.run(cmd, env=env, cwd=os.getcwd(), check=False).returncode
+    finally:
+        remove_shm_buffers(port)
     if rc != 0 or not (out / RESULT_FILE).exists():
         raise RuntimeError(
             f"{stage}: the deepspeed launcher exited with status {rc}; see the worker log above"
