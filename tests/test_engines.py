@@ -162,3 +162,32 @@ def test_vllm_is_given_trainings_ids_never_text(fake_vllm, llava_dir):
     assert text == {"prompt_token_ids": prompt_ids("<s>USER: hi ASSISTANT:", processor.tokenizer)}
     assert chat["prompt_token_ids"].count(processor.tokenizer.bos_token_id) == 1
     assert out[0].prompt_token_ids == tuple(chat["prompt_token_ids"]) and out[0].token_ids == (7,)
+
+
+def test_vllm_answer_text_reads_as_transformers_decodes_it(llama_tokenizer):
+    """vLLM detokenizes an answer in its prompt's context, where the `▁` starting `▁The` is a space; the
+    transformers engine decodes the answer's ids alone, where Llama's decoder drops it. The vLLM adapters render
+    the transformers engine's text; a byte-level BPE keeps the space either way, so nothing is cut there."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from firellava.engines.vllm_engine import answer_text, drops_leading_boundary
+
+    text = "USER: What is it? ASSISTANT:"
+    prompt = llama_tokenizer(text, add_special_tokens=False)["input_ids"]
+    whole = llama_tokenizer(text + " The  red circle.", add_special_tokens=False)["input_ids"]
+    assert whole[: len(prompt)] == prompt
+    answer = whole[len(prompt) :]
+    in_context = llama_tokenizer.decode(prompt + answer)[len(llama_tokenizer.decode(prompt)) :]
+    alone = llama_tokenizer.decode(answer)
+    assert in_context == " " + alone and alone.startswith("The")
+    assert drops_leading_boundary(llama_tokenizer)
+    assert answer_text(in_context, True, True) == alone
+    assert answer_text(" red", False, True) == " red"  # only an answer's first piece
+
+    byte_level = Tokenizer(models.BPE())
+    byte_level.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    byte_level.train_from_iterator(["x x y"], trainers.BpeTrainer(initial_alphabet=alphabet))
+    assert not drops_leading_boundary(PreTrainedTokenizerFast(tokenizer_object=byte_level))

@@ -112,6 +112,19 @@ def _generation(
     )
 
 
+def drops_leading_boundary(tokenizer: Any) -> bool:
+    """Whether decoding an answer's ids on their own drops the word boundary that starts them, as Llama's
+    SentencePiece decoder does with the `▁` of `▁The`, and as transformers' decode (the transformers engine's
+    text) therefore does. vLLM detokenizes the answer in the prompt's context, so there it is a space."""
+    ids = tokenizer("x x", add_special_tokens=False)["input_ids"]
+    return len(ids) > 1 and not tokenizer.decode(ids[1:]).startswith(" ")
+
+
+def answer_text(text: str, first: bool, drops_boundary: bool) -> str:
+    """`text` (the first piece of an answer when `first`) as the transformers engine renders it."""
+    return text[1:] if first and drops_boundary and text.startswith(" ") else text
+
+
 def _finish(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
@@ -135,6 +148,7 @@ class VLLMEngine(_Closing):
         self.model_name = model_name or model
         self.template = load_template_owner(model)
         self.tokenizer = getattr(self.template, "tokenizer", self.template)
+        self.drops_boundary = drops_leading_boundary(self.tokenizer)
         self.llm = LLM(model=model, **engine_args(options, cpu=on_cpu()))
 
     def close(self) -> None:
@@ -156,7 +170,12 @@ class VLLMEngine(_Closing):
             [self.inputs(p) for p in prompts], sampling_params(params), use_tqdm=False
         )
         return [
-            _generation(out.prompt_token_ids, c.text, c.token_ids, c.finish_reason)
+            _generation(
+                out.prompt_token_ids,
+                answer_text(c.text, True, self.drops_boundary),
+                c.token_ids,
+                c.finish_reason,
+            )
             for out, c in ((out, out.outputs[0]) for out in outputs)
         ]
 
@@ -177,6 +196,7 @@ class AsyncVLLMEngine(_Closing):
         self.model_name = model_name or model
         self.processor = load_template_owner(model)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        self.drops_boundary = drops_leading_boundary(self.tokenizer)
         config = AutoConfig.from_pretrained(model)
         self.image_tokens = int(getattr(config, "image_seq_length", 0) or 0)
         args = AsyncEngineArgs(
@@ -205,15 +225,17 @@ class AsyncVLLMEngine(_Closing):
         inputs = text_input(prompt, self.tokenizer)
         sampling = sampling_params(params, output_kind=RequestOutputKind.DELTA)
         request_id = uuid.uuid4().hex
-        text, completion, fed, finish = "", [], None, None
+        text, completion, fed, finish, first = "", [], None, None, True
         try:
             async for out in self.engine.generate(inputs, sampling, request_id=request_id):
                 fed = out.prompt_token_ids or fed
                 piece = out.outputs[0]  # only the new tokens (DELTA)
                 completion += piece.token_ids
-                if piece.text:
-                    text += piece.text
-                    yield piece.text
+                piece_text = answer_text(piece.text, first, self.drops_boundary)
+                first = first and not piece.text
+                if piece_text:
+                    text += piece_text
+                    yield piece_text
                 finish = piece.finish_reason or finish
         finally:
             if finish is None:  # the client went away mid-generation
