@@ -108,3 +108,11 @@ def test_pretraining_changes_the_llm_and_lowers_its_loss(tok):
 def test_chat_example_without_a_question_is_refused(tok):
     with pytest.raises(ValueError, match="at least one question"):
         chat_example(SCENE, tok, [], GRID)
+
+
+def test_the_toy_llm_has_heads_vllm_runs(tok):
+    """vLLM's CPU attention runs no head size under 32; the toy LLM keeps 8 heads (docs/experiments.md) by making
+    them wider together than the model, which Llama's `head_dim` allows."""
+    config = build_llm(toy_world_spec().llm, tok, seed=0).config
+    assert config.head_dim >= 32 and config.num_attention_heads == 8
+    assert config.num_attention_heads * config.head_dim > config.hidden_size

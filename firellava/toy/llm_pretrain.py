@@ -17,9 +17,10 @@ text produces. The vision tower's per-patch heads read exactly that off a patch,
 projector alignment has a short way to go. After the same finetuning, this layout beat writing the scene as words
 (" red circle blue square") on held-out existence (docs/experiments.md).
 
-Binding an answer to the object a question names came with 8 heads (`toy_world.llm.heads`) and more colour and
-shape questions: "what shape is red?" is answered from the red shape. The other direction, "what color is the
-circle?", is not learned yet: the answer is one of the scene's colours, whichever (docs/experiments.md).
+Binding an answer to the object a question names came with 8 heads (`toy_world.llm.heads`; 32 wide each, as
+vLLM requires, so wider together than the model) and more colour and shape questions: "what shape is red?" is
+answered from the red shape. The other direction, "what color is the circle?", is not learned yet: the answer
+is one of the scene's colours, whichever (docs/experiments.md).
 
 No image is involved, so reading images is still learned by the pipeline's own stages.
 """
@@ -81,8 +82,8 @@ class SceneExample:
 
 @dataclass(frozen=True)
 class LlmPretrainSpec:
-    steps: int = 1600
-    examples: int = 51_200  # as many as 1600 steps of 32 draw: none is seen twice
+    steps: int = 500
+    examples: int = 51_200  # a cap; a run builds only as many as its steps draw, so none is seen twice
     batch_size: int = 32
     learning_rate: float = 1e-3
     plain_fraction: float = 0.3
@@ -249,6 +250,8 @@ def pretrain_llm(
     progress = Progress("tiny LLM pretraining", spec.steps * spec.batch_size, unit="examples")
     for step in range(1, spec.steps + 1):
         llm.train()
+        # Random batches, not batches of like length: grouping by length cut the padding but also made each
+        # batch one kind of example, and the probe stayed near chance twice as long (docs/experiments.md).
         loss = llm(**scene_batch(llm, rng.sample(examples, spec.batch_size), pad_id)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
