@@ -14,22 +14,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from toy_setup import demo_toy_world, world_tokenizer  # perf/, next to this script
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from firellava.config import CONF_DIR, build  # noqa: E402
-from firellava.toy import llm_pretrain as lp  # noqa: E402
-from firellava.toy.data import build_toy_data  # noqa: E402
-from firellava.toy.scenes import COLOURS, SHAPES  # noqa: E402
-from firellava.toy.stage import corpus  # noqa: E402
-from firellava.toy.tiny_models import build_llm, train_tokenizer  # noqa: E402
+from firellava.toy import llm_pretrain as lp
+from firellava.toy.tiny_models import build_llm
 
 
 def main() -> None:
@@ -42,21 +33,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
     lp.PROBE_EVERY = args.probe_every
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        world = ["experiment=demo", "toy_world.coco_images=120", "toy_world.pretrain_images=240"]
-        cfg = compose(config_name="config", overrides=[*world, *args.overrides])
-    spec = build(cfg.toy_world)
-    with tempfile.TemporaryDirectory() as tmp:
-        data = build_toy_data(
-            Path(tmp),
-            seed=spec.seed,
-            coco_images=spec.coco_images,
-            pretrain_images=spec.pretrain_images,
-            per_source=dict(spec.per_source),
-        )
-        tokenizer = train_tokenizer(corpus(data), spec.vocab_size, words=[*COLOURS, *SHAPES])
+    spec = demo_toy_world("toy_world.coco_images=120", "toy_world.pretrain_images=240", *args.overrides)
+    tokenizer = world_tokenizer(spec)
     llm = build_llm(spec.llm, tokenizer, spec.seed)
     pretrain = dataclasses.replace(spec.llm_pretrain, steps=args.steps)
     start = time.perf_counter()

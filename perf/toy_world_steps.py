@@ -12,22 +12,13 @@ from __future__ import annotations
 
 import argparse
 import random
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
+from toy_setup import demo_toy_world, world_tokenizer  # perf/, next to this script
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from firellava.config import build  # noqa: E402
-from firellava.toy import llm_pretrain as lp  # noqa: E402
-from firellava.toy.data import build_toy_data  # noqa: E402
-from firellava.toy.scenes import COLOURS, SHAPES  # noqa: E402
-from firellava.toy.stage import corpus  # noqa: E402
-from firellava.toy.tiny_models import build_llm, build_vision_tower, train_tokenizer  # noqa: E402
+from firellava.toy import llm_pretrain as lp
+from firellava.toy.tiny_models import build_llm, build_vision_tower
 
 
 def timed(fn, repeat: int) -> tuple[float, float]:
@@ -42,18 +33,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
-    from hydra import compose, initialize_config_dir
-
-    from firellava.config import CONF_DIR
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["experiment=demo"])
-    spec = build(cfg.toy_world)
-    with tempfile.TemporaryDirectory() as tmp:
-        data = build_toy_data(
-            Path(tmp), seed=spec.seed, coco_images=24, pretrain_images=24, per_source=dict(spec.per_source)
-        )
-        tokenizer = train_tokenizer(corpus(data), spec.vocab_size, words=[*COLOURS, *SHAPES])
+    spec = demo_toy_world("toy_world.coco_images=24", "toy_world.pretrain_images=24")
+    tokenizer = world_tokenizer(spec)
     grid = spec.vision.grid
     pre = spec.llm_pretrain
     n = 256

@@ -38,15 +38,12 @@ REPO = Path(__file__).resolve().parents[2]
 SHM_DIR = Path("/dev/shm")
 
 
-def remove_shm_buffers(port: int, shm_dir: Path = SHM_DIR) -> list[Path]:
+def remove_shm_buffers(port: int, shm_dir: Path = SHM_DIR) -> None:
     """Remove the shared-memory allreduce buffers of the CPU run on `port`: DeepSpeed's CPU collectives create
     one per rank (`deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`, tens of MB) and never unlink them,
     so every CPU run would leave its buffers in /dev/shm until the machine runs out of shared memory."""
-    removed = []
     for path in shm_dir.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"):
         path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
 
 
 def launcher_command(train: TrainSpec, job_file: Path, port: int) -> list[str]:
