@@ -1,8 +1,9 @@
 """Where the toy world's time goes: the per-step CPU cost of its trainings at the demo's sizes, side by side.
 
-For the toy LLM's text pretraining it prints, in one run: building one example, one training step at the
-configured batch (1 and 2 torch threads), one held-out probe (the run logs one every 200 steps), and the mean
-sequence length; for the tower, one training step. CPU time (`time.process_time`) is printed beside wall time
+For the toy LLM's text pretraining it prints, in one run: building one example, the mean sequence length, one
+training step at the configured batch with 1 and 2 torch threads (one padded batch through HF's loss against the
+stage's step, which runs the LM head on supervised positions only and the batch in slices of like length), and
+one held-out probe (the run logs one every `PROBE_EVERY` steps); for the tower, one training step. CPU time (`time.process_time`) is printed beside wall time
 because the machine may be shared; the ratios are what to compare.
 
     .venv/bin/python perf/toy_world_steps.py [--steps 10]
@@ -49,22 +50,41 @@ def main() -> None:
     optimizer = torch.optim.AdamW(llm.parameters(), lr=pre.learning_rate)
     rng = random.Random(0)
 
-    def step() -> None:
+    def padded_step() -> (
+        None
+    ):  # one padded batch, the LM head on every position: the loop before micro-batches
         loss = llm(**lp.scene_batch(llm, rng.sample(examples, pre.batch_size), 0)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
+    def stage_step(micro_batches: int) -> None:  # the stage's step
+        optimizer.zero_grad(set_to_none=True)
+        lp.accumulate_batch(llm, rng.sample(examples, pre.batch_size), 0, micro_batches)
+        optimizer.step()
+
+    steps = {
+        "one padded batch, HF loss": padded_step,
+        "the stage's step, 1 micro-batch": lambda: stage_step(1),
+        f"the stage's step, {pre.micro_batches} micro-batches (configured)": lambda: stage_step(
+            pre.micro_batches
+        ),
+    }
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        step()  # warm-up
-        wall, cpu = timed(step, args.steps)
-        print(
-            f"  one step, {threads} thread(s): {wall:.3f} s wall, {cpu:.3f} s cpu; "
-            f"{pre.steps} steps: {pre.steps * wall / 60:.1f} min wall"
-        )
+        base = None
+        for name, fn in steps.items():
+            fn()  # warm-up
+            wall, cpu = timed(fn, args.steps)
+            base = base or wall
+            print(
+                f"  {name}, {threads} thread(s): {wall:.3f} s wall, {cpu:.3f} s cpu ({base / wall:.2f}x); "
+                f"{pre.steps} steps: {pre.steps * wall / 60:.1f} min wall"
+            )
     wall, cpu = timed(lambda: lp.probe(llm, tokenizer, 0, grid), 1)
-    print(f"  one held-out probe: {wall:.2f} s wall, {cpu:.2f} s cpu ({pre.steps // 200} in a run)")
+    print(
+        f"  one held-out probe: {wall:.2f} s wall, {cpu:.2f} s cpu ({pre.steps // lp.PROBE_EVERY} in a run)"
+    )
 
     tower, _ = build_vision_tower(spec.vision, spec.seed)
     pixels = torch.randn(spec.vision_pretrain.batch_size, 3, spec.vision.image_size, spec.vision.image_size)

@@ -16,6 +16,7 @@ from firellava.toy.llm_pretrain import (
     NO_WORD,
     LlmPretrainSpec,
     _examples,
+    accumulate_batch,
     chat_example,
     plain_example,
     pretrain_llm,
@@ -101,8 +102,34 @@ def test_pretraining_changes_the_llm_and_lowers_its_loss(tok):
     probe = pretrain_llm(llm, tok, spec, seed=5, grid=GRID)
     with torch.no_grad():
         after = llm(**scene_batch(llm, fixed, tok.pad_token_id or 0)).loss.item()
-    assert set(probe) == {"exists", "colour", "shape"} and all(0 <= v <= 1 for v in probe.values())
+    assert set(probe) == {"exists", "exists_bound", "colour", "shape"} and all(
+        0 <= v <= 1 for v in probe.values()
+    )
     assert after < before / 2, (before, after)
+
+
+@pytest.mark.parametrize("micro_batches", [1, 3])
+def test_a_batch_in_slices_of_like_length_has_the_padded_batch_s_loss_and_gradient(tok, micro_batches):
+    """What one step of the loop computes equals HF's loss of the batch padded as one (the mean over supervised
+    tokens), and so does its gradient: the slices only drop padding."""
+    llm = build_llm(replace(toy_world_spec().llm, layers=2), tok, seed=3)
+    batch = _examples(LlmPretrainSpec(steps=1, batch_size=12), tok, seed=7, grid=GRID)
+    assert len({len(e.input_ids) for e in batch}) > 3  # lengths differ: the slices pad less than the batch
+    reference = llm(**scene_batch(llm, batch, tok.pad_token_id or 0)).loss
+    reference.backward()
+    expected = {n: p.grad.clone() for n, p in llm.named_parameters()}
+    llm.zero_grad(set_to_none=True)
+    loss = accumulate_batch(llm, batch, tok.pad_token_id or 0, micro_batches)
+    assert loss == pytest.approx(reference.item(), rel=1e-5)
+    for name, param in llm.named_parameters():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_micro_batches_must_fit_the_batch():
+    with pytest.raises(ValueError, match="micro_batches=0"):
+        LlmPretrainSpec(micro_batches=0)
+    with pytest.raises(ValueError, match="micro_batches=5"):
+        LlmPretrainSpec(batch_size=4, micro_batches=5)
 
 
 def test_chat_example_without_a_question_is_refused(tok):

@@ -37,6 +37,10 @@ from firellava.core.tokenization import (
 from firellava.engines.base import Prompt
 from firellava.engines.transformers_engine import TransformersEngine
 from firellava.engines.vllm_engine import text_input
+from firellava.toy.scenes import COLOURS, SHAPES
+from firellava.toy.stage import corpus
+from firellava.toy.tiny_models import train_tokenizer
+from tests.conftest import toy_world_spec
 from tests.llava_helpers import render
 
 # ----------------------------------------------------------------------------------------- the tokenizer itself
@@ -86,6 +90,28 @@ def test_toy_tokenizer_follows_llama_conventions(tokenizer, llama_tokenizer):
             assert _spelled(tokenizer, ids) == _spelled(llama_tokenizer, llama_tokenizer(text).input_ids), (
                 text
             )
+
+
+def test_toy_pieces_never_join_letters_digits_and_punctuation():
+    """As SentencePiece's script and digit splitting keep them apart in Llama's vocabulary: a text that repeats
+    `USER:` and `12.` still tokenizes them as Llama-2 does. A merged `USER:` fails the chat format's probe."""
+    tok = train_tokenizer(["USER: is it 12? ASSISTANT: yes, 12."] * 300, vocab_size=400)
+    assert tok.tokenize("</s>USER: 12.") == ["</s>", "USER", ":", "▁", "1", "2", "."]
+    check_whitespace(tok, "toy")
+
+
+def test_the_toy_tokenizer_reads_the_chat_format_about_as_llama_does(toy_world, llama_tokenizer):
+    """Trained at the demo's vocabulary size on what the toy world writes (`corpus`: the system prompt once per
+    chat record, ` ASSISTANT:` once per answer), the toy tokenizer spends about as many pieces as Llama-2 on the
+    text every example carries. Trained on the turns alone it spent 79 on the system prompt where Llama-2 spends
+    31. `USER` keeps Llama's relation: one piece after `</s>`, one more with a word boundary."""
+    data = SimpleNamespace(**{k: toy_world[k] for k in ("coco_captions", "pretrain_json", "mix665k_json")})
+    tok = train_tokenizer(corpus(data), toy_world_spec().vocab_size, words=[*COLOURS, *SHAPES])
+    for text in (DEFAULT_SYSTEM, " ASSISTANT:"):
+        toy, llama = len(tok.tokenize(text)), len(llama_tokenizer.tokenize(text))
+        assert toy <= 1.2 * llama, (text, tok.tokenize(text))
+    assert tok.tokenize("</s>USER:") == ["</s>", "USER", ":"]
+    assert tok.tokenize(" USER:") == ["▁", "USER", ":"]
 
 
 def _spelled(tokenizer, ids: list[int]) -> str:

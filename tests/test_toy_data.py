@@ -169,6 +169,25 @@ def test_question_generators_tell_the_truth():
     assert len(BRIEF_INSTRUCTIONS) == 11 and len(set(BRIEF_INSTRUCTIONS)) == 11
 
 
+def test_bound_existence_says_no_only_where_both_words_are_in_the_scene_apart():
+    rng = random.Random(2)
+    answers = {"yes": 0, "no": 0}
+    for i in range(300):
+        scene = sample_scene(rng, i)
+        qa = lang.exists_bound_qa(scene, rng)
+        if qa is None:  # no colour and kind of the scene that sit on different shapes only
+            assert {(s.colour, o.kind) for s in scene.shapes for o in scene.shapes} == {
+                (s.colour, s.kind) for s in scene.shapes
+            }
+            continue
+        colour, kind = re.search(r"(\w+) (circle|square|triangle)", qa[0]).groups()
+        assert any(s.colour == colour for s in scene.shapes) and any(s.kind == kind for s in scene.shapes)
+        bound = any(s.colour == colour and s.kind == kind for s in scene.shapes)
+        assert qa[1] == ("yes" if bound else "no")
+        answers[qa[1]] += 1
+    assert min(answers.values()) > 0.35 * sum(answers.values()), answers
+
+
 # --- files --------------------------------------------------------------------------------------------------
 
 

@@ -287,6 +287,20 @@ def exists_qa(scene: Scene, rng: random.Random) -> QA:
     return q.format(p=f"{colour} {kind}"), answer
 
 
+def exists_bound_qa(scene: Scene, rng: random.Random) -> QA | None:
+    """`exists_qa` whose "no" names a colour and a kind that are both in the scene, on different shapes ("a red
+    circle" beside a red square and a blue circle): only a match of both words on one shape answers it. None where
+    the scene has no such pair."""
+    present = {(s.colour, s.kind) for s in scene.shapes}
+    unbound = sorted({(s.colour, o.kind) for s in scene.shapes for o in scene.shapes} - present)
+    if not unbound:
+        return None
+    colour, kind = rng.choice(sorted(present)) if rng.random() < 0.5 else rng.choice(unbound)
+    answer = "yes" if (colour, kind) in present else "no"
+    q = rng.choice(["Is there a {p} in the image?", "Do you see a {p}?", "Is there any {p} in the picture?"])
+    return q.format(p=f"{colour} {kind}"), answer
+
+
 def text_qa(scene: Scene, rng: random.Random) -> QA | None:
     """Read the word; answers are lowercase like TextVQA's normalized answers."""
     if scene.word is None:

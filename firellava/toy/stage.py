@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from firellava.config import build
+from firellava.core.chat_format import DEFAULT_SYSTEM
 from firellava.core.io import staged_dir
 from firellava.eval.benchmarks import BENCHMARKS
 from firellava.toy.benchmarks import write_toy_benchmarks
@@ -57,13 +58,22 @@ class ToyWorldSpec:
 
 
 def corpus(data: ToyData) -> Iterator[str]:
-    """Every string the toy world wrote: the tokenizer learns the world's own vocabulary."""
+    """Every string the toy world wrote, plus the text a chat example carries besides its turns, as often as the
+    model reads it: the system prompt once per chat record, ` ASSISTANT:` once per answer. Trained on the turns
+    alone, the tokenizer split the system prompt into 79 pieces where Llama-2's has 31, and the finetune's
+    sequences were half system prompt and role markers (docs/experiments.md). `USER` stays out: as in Llama's
+    vocabulary `▁USER` must be one piece longer than `USER` after `</s>`, which LLaVA's masking relies on."""
     for record in json.loads(Path(data.coco_captions).read_text())["annotations"]:
         yield record["caption"]
-    for path in (data.pretrain_json, data.mix665k_json):
-        for record in json.loads(Path(path).read_text()):
-            for turn in record["conversations"]:
-                yield turn["value"]
+    for record in json.loads(Path(data.pretrain_json).read_text()):
+        for turn in record["conversations"]:
+            yield turn["value"]
+    for record in json.loads(Path(data.mix665k_json).read_text()):
+        yield DEFAULT_SYSTEM
+        for turn in record["conversations"]:
+            yield turn["value"]
+            if turn["from"] == "gpt":
+                yield " ASSISTANT:"
 
 
 def write_demo_image(path: Path, seed: int) -> Path:

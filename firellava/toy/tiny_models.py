@@ -77,13 +77,15 @@ def _training_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
     pieces, never trained), the first word gets Llama's prepended `▁` (`prepend_scheme="first"`), and a
     run of spaces before a word is a whitespace piece of its own, its last `▁` going with the word, as Llama's
     SentencePiece training (`allow_whitespace_only_pieces`) splits it. No trained piece crosses a word boundary,
-    so the whole-string BPE of inference (`split=False`) gives the same pieces."""
+    so the whole-string BPE of inference (`split=False`) gives the same pieces. Letters, digits and other
+    characters are never one piece, as SentencePiece's script and digit splitting keep them apart in Llama's
+    vocabulary (`USER` `:`, not `USER:`; a digit alone, without the word boundary before it: `▁` `3`)."""
     cuts = "|".join([*map(re.escape, (*SPECIAL_TOKENS, IMAGE_TOKEN)), r"[\x00-\x1f\x7f]"])
     return pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(cuts), "removed"),
             pre_tokenizers.Metaspace("▁", prepend_scheme="first", split=False),
-            pre_tokenizers.Split(Regex("▁?[^▁]+"), "isolated"),
+            pre_tokenizers.Split(Regex(r"▁?\p{L}+|\p{N}|▁?[^▁\p{L}\p{N}]+"), "isolated"),
         ]
     )
 
@@ -131,6 +133,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, words: Iterable[str] 
             merges.append((parts[0], parts[1]))
             parts = [parts[0] + parts[1], *parts[2:]]
             vocab.setdefault(parts[0], len(vocab) + len(SPECIAL_TOKENS))
+    # LLaVA's masking (preprocess_v1, non-legacy) counts `▁USER` one piece longer than `USER` after `</s>`, as
+    # Llama's vocabulary has them; a `▁U...` merge learned from the toy text would break that.
+    while (first := _bpe_pieces(vocab, merges, "▁USER")[0]) != "▁":
+        merges = [m for m in merges if m[0] + m[1] != first]
     merges.sort(key=lambda m: set(m[0] + m[1]) == {"▁"})  # stable: whitespace runs last
     pieces = sorted(vocab, key=vocab.__getitem__)
     if len(pieces) > budget:
