@@ -3,8 +3,9 @@
 For the toy LLM's text pretraining it prints, in one run: building one example, the mean sequence length, one
 training step at the configured batch with 1 and 2 torch threads (one padded batch through HF's loss against the
 stage's step, which runs the LM head on supervised positions only and the batch in slices of like length), and
-one held-out probe (the run logs one every `PROBE_EVERY` steps); for the tower, one training step. CPU time (`time.process_time`) is printed beside wall time
-because the machine may be shared; the ratios are what to compare.
+one held-out probe (the run logs one every `PROBE_EVERY` steps); for the tower, one training step. CPU time
+(`time.process_time`) is printed beside wall time because the machine may be shared; the ratios are what to
+compare.
 
     .venv/bin/python perf/toy_world_steps.py [--steps 10]
 """
@@ -50,9 +51,8 @@ def main() -> None:
     optimizer = torch.optim.AdamW(llm.parameters(), lr=pre.learning_rate)
     rng = random.Random(0)
 
-    def padded_step() -> (
-        None
-    ):  # one padded batch, the LM head on every position: the loop before micro-batches
+    # One padded batch with the LM head on every position, as the loop computed it before micro-batches.
+    def padded_step() -> None:
         loss = llm(**lp.scene_batch(llm, rng.sample(examples, pre.batch_size), 0)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
