@@ -273,6 +273,11 @@ def count_kind_qa(scene: Scene, rng: random.Random) -> QA:
     return f"How many {colour} shapes are there?", str(sum(s.colour == colour for s in scene.shapes))
 
 
+def _exists_question(colour: str, kind: str, rng: random.Random) -> str:
+    q = rng.choice(["Is there a {p} in the image?", "Do you see a {p}?", "Is there any {p} in the picture?"])
+    return q.format(p=f"{colour} {kind}")
+
+
 def exists_qa(scene: Scene, rng: random.Random) -> QA:
     """Yes and no in equal measure, so that 'yes' is never a free answer."""
     present = [(s.colour, s.kind) for s in scene.shapes]
@@ -283,8 +288,7 @@ def exists_qa(scene: Scene, rng: random.Random) -> QA:
         absent = [(c, k) for c in COLOURS for k in SHAPES if (c, k) not in present]
         colour, kind = rng.choice(absent)
         answer = "no"
-    q = rng.choice(["Is there a {p} in the image?", "Do you see a {p}?", "Is there any {p} in the picture?"])
-    return q.format(p=f"{colour} {kind}"), answer
+    return _exists_question(colour, kind, rng), answer
 
 
 def exists_bound_qa(scene: Scene, rng: random.Random) -> QA | None:
@@ -297,8 +301,7 @@ def exists_bound_qa(scene: Scene, rng: random.Random) -> QA | None:
         return None
     colour, kind = rng.choice(sorted(present)) if rng.random() < 0.5 else rng.choice(unbound)
     answer = "yes" if (colour, kind) in present else "no"
-    q = rng.choice(["Is there a {p} in the image?", "Do you see a {p}?", "Is there any {p} in the picture?"])
-    return q.format(p=f"{colour} {kind}"), answer
+    return _exists_question(colour, kind, rng), answer
 
 
 def text_qa(scene: Scene, rng: random.Random) -> QA | None:
