@@ -2,7 +2,8 @@
 
 For the toy LLM's text pretraining it prints, in one run: building one example, the mean sequence length, one
 training step at the configured batch with 1 and 2 torch threads (one padded batch through HF's loss against the
-stage's step, which runs the LM head on supervised positions only and the batch in slices of like length), and
+stage's step, which runs one micro-batch per template, the positions its examples share once, and the LM head on
+supervised positions only), and
 one held-out probe (the run logs one every `PROBE_EVERY` steps); for the tower, one training step. CPU time
 (`time.process_time`) is printed beside wall time because the machine may be shared; the ratios are what to
 compare.
@@ -58,18 +59,12 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    def stage_step(micro_batches: int) -> None:  # the stage's step
+    def stage_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        lp.accumulate_batch(llm, rng.sample(examples, pre.batch_size), 0, micro_batches)
+        lp.accumulate_batch(llm, rng.sample(examples, pre.batch_size), 0)
         optimizer.step()
 
-    steps = {
-        "one padded batch, HF loss": padded_step,
-        "the stage's step, 1 micro-batch": lambda: stage_step(1),
-        f"the stage's step, {pre.micro_batches} micro-batches (configured)": lambda: stage_step(
-            pre.micro_batches
-        ),
-    }
+    steps = {"one padded batch, HF loss": padded_step, "the stage's step": stage_step}
     for threads in (1, 2):
         torch.set_num_threads(threads)
         base = None

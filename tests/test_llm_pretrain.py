@@ -22,6 +22,7 @@ from firellava.toy.llm_pretrain import (
     pretrain_llm,
     scene_batch,
     scene_positions,
+    shared_prefix,
     word_id,
 )
 from firellava.toy.scenes import Scene, Shape
@@ -108,28 +109,45 @@ def test_pretraining_changes_the_llm_and_lowers_its_loss(tok):
     assert after < before / 2, (before, after)
 
 
-@pytest.mark.parametrize("micro_batches", [1, 3])
-def test_a_batch_in_slices_of_like_length_has_the_padded_batch_s_loss_and_gradient(tok, micro_batches):
+def test_a_batch_in_micro_batches_with_shared_prefixes_has_the_padded_batch_s_loss_and_gradient(tok):
     """What one step of the loop computes equals HF's loss of the batch padded as one (the mean over supervised
-    tokens), and so does its gradient: the slices only drop padding."""
+    tokens), and so does its gradient: one micro-batch per template, each with its shared first positions run
+    once, only drops padding and repeated work."""
     llm = build_llm(replace(toy_world_spec().llm, layers=2), tok, seed=3)
     batch = _examples(LlmPretrainSpec(steps=1, batch_size=12), tok, seed=7, grid=GRID)
-    assert len({len(e.input_ids) for e in batch}) > 3  # lengths differ: the slices pad less than the batch
+    assert {e.template for e in batch} == {"plain", "vicuna_v1"}
+    assert len({len(e.input_ids) for e in batch}) > 3  # lengths differ
     reference = llm(**scene_batch(llm, batch, tok.pad_token_id or 0)).loss
     reference.backward()
     expected = {n: p.grad.clone() for n, p in llm.named_parameters()}
     llm.zero_grad(set_to_none=True)
-    loss = accumulate_batch(llm, batch, tok.pad_token_id or 0, micro_batches)
+    loss = accumulate_batch(llm, batch, tok.pad_token_id or 0)
     assert loss == pytest.approx(reference.item(), rel=1e-5)
     for name, param in llm.named_parameters():
         torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_micro_batches_must_fit_the_batch():
-    with pytest.raises(ValueError, match="micro_batches=0"):
-        LlmPretrainSpec(micro_batches=0)
-    with pytest.raises(ValueError, match="micro_batches=5"):
-        LlmPretrainSpec(batch_size=4, micro_batches=5)
+def test_shared_prefix_stops_where_examples_differ_or_supervision_starts(tok):
+    examples = _examples(LlmPretrainSpec(steps=1, batch_size=40), tok, seed=2, grid=GRID)
+    chats = [e for e in examples if e.template == "vicuna_v1"]
+    shared = shared_prefix(chats)
+    head = tok.decode(chats[0].input_ids[:shared])
+    # the system prompt and the first role marker, then the scene's leading empty patches where all are empty
+    assert head.startswith("<s>") and "A chat between" in head, head
+    assert head.replace("<unk>", "").rstrip().endswith("USER:"), head
+    assert (
+        len({tuple(e.input_ids[: shared + GRID * GRID + 1]) for e in chats}) > 1
+    )  # the scenes differ after it
+    # one example alone shares everything up to its first supervised token's predecessor
+    alone = chats[0]
+    first_supervised = next(i for i, label in enumerate(alone.labels) if label != IGNORE_INDEX)
+    assert shared_prefix([alone]) == first_supervised - 1
+    # a different added word at one position ends the shared part there
+    other = replace(chats[1], added=[7 if i == 3 else a for i, a in enumerate(chats[1].added)])
+    assert shared_prefix([chats[0], other]) == 3
+    plains = [e for e in examples if e.template == "plain"]
+    shared = shared_prefix(plains)
+    assert tok.decode(plains[0].input_ids[:shared]).replace("<unk>", "") == "<s>"  # then each scene its own
 
 
 def test_chat_example_without_a_question_is_refused(tok):

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import DynamicCache, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from firellava.core.chat_format import IGNORE_INDEX, IMAGE_TOKEN, encode
 from firellava.core.instructions import SHORT_ANSWER
@@ -77,11 +77,16 @@ Example = tuple[list[int], list[int]]  # input_ids, labels
 @dataclass(frozen=True)
 class SceneExample:
     """A tokenized example whose scene positions carry two words: `added[i]` is the id of a word whose embedding
-    is added to that of `input_ids[i]` (a shape's colour on its kind), `NO_WORD` elsewhere."""
+    is added to that of `input_ids[i]` (a shape's colour on its kind), `NO_WORD` elsewhere. `template`: the
+    chat template it is written in; examples in one share their first positions (`shared_prefix`)."""
 
     input_ids: list[int]
     labels: list[int]
     added: list[int]
+    template: str
+
+    def tail(self, start: int) -> SceneExample:
+        return SceneExample(self.input_ids[start:], self.labels[start:], self.added[start:], self.template)
 
 
 @dataclass(frozen=True)
@@ -92,15 +97,6 @@ class LlmPretrainSpec:
     learning_rate: float = 1e-3
     plain_fraction: float = 0.3
     max_turns: int = 4
-    # Slices of like length a batch is computed in, gradients summed: the same step as one padded batch, with
-    # less padding (docs/experiments.md). 1: one padded batch.
-    micro_batches: int = 2
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.micro_batches <= self.batch_size:
-            raise ValueError(
-                f"micro_batches={self.micro_batches}; between 1 and batch_size={self.batch_size}"
-            )
 
 
 def word_id(tokenizer: PreTrainedTokenizerFast, word: str) -> int:
@@ -150,6 +146,7 @@ def _with_scene(
         input_ids=ids[:slot] + scene_ids + ids[slot + 1 :],
         labels=labels[:slot] + [IGNORE_INDEX] * len(scene_ids) + labels[slot + 1 :],
         added=[NO_WORD] * slot + added + [NO_WORD] * (len(ids) - slot - 1),
+        template=template,
     )
 
 
@@ -206,42 +203,80 @@ def pad_batch(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tenso
     }
 
 
+def _embed(llm: LlamaForCausalLM, ids: torch.Tensor, added: torch.Tensor) -> torch.Tensor:
+    """Each position's token embedding plus that of its added word."""
+    embed = llm.get_input_embeddings()
+    return embed(ids) + embed(added.clamp(min=0)) * (added != NO_WORD).unsqueeze(-1)
+
+
 def scene_batch(
     llm: LlamaForCausalLM, examples: Sequence[SceneExample], pad_id: int
 ) -> dict[str, torch.Tensor]:
-    """`pad_batch` of the examples with `inputs_embeds` in place of `input_ids`: each position's token
-    embedding plus that of its added word."""
+    """`pad_batch` of the examples with `inputs_embeds` (`_embed`) in place of `input_ids`."""
     batch = pad_batch([(e.input_ids, e.labels) for e in examples], pad_id)
     width = batch["input_ids"].shape[1]
     added = torch.tensor([e.added + [NO_WORD] * (width - len(e.added)) for e in examples])
-    embed = llm.get_input_embeddings()
-    extra = embed(added.clamp(min=0)) * (added != NO_WORD).unsqueeze(-1)
-    return {"inputs_embeds": embed(batch.pop("input_ids")) + extra, **batch}
+    return {"inputs_embeds": _embed(llm, batch.pop("input_ids"), added), **batch}
 
 
-def supervised_loss(llm: LlamaForCausalLM, batch: dict[str, torch.Tensor], items: int) -> torch.Tensor:
-    """Next-token cross-entropy summed over the batch's supervised positions and divided by `items`. The LM head
-    runs on those positions only: most are scene, system prompt or question, which the loss ignores."""
-    hidden = llm.model(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"])
+def shared_prefix(examples: Sequence[SceneExample]) -> int:
+    """How many leading positions every example has alike (token and added word), none of them supervised nor
+    predicting a supervised token, and at least one position left after them in each example."""
+    first = examples[0]
+    limit = min(len(e.input_ids) for e in examples) - 1
+    for i in range(limit):
+        if first.labels[i + 1] != IGNORE_INDEX or any(
+            (e.input_ids[i], e.added[i], e.labels[i + 1])
+            != (first.input_ids[i], first.added[i], IGNORE_INDEX)
+            for e in examples
+        ):
+            return i
+    return limit
+
+
+def supervised_loss(
+    llm: LlamaForCausalLM, examples: Sequence[SceneExample], pad_id: int, items: int
+) -> torch.Tensor:
+    """Next-token cross-entropy summed over the examples' supervised positions and divided by `items`.
+
+    The LM head runs on those positions only: most are scene, system prompt or question, which the loss ignores.
+    The positions all examples share (`shared_prefix`: every chat starts with the same system prompt) run once,
+    and the rest of each example attends to their keys and values, repeated per example; the gradient reaches
+    them through the repeat, summed over the examples, as it would through a padded batch.
+    """
+    shared = shared_prefix(examples)
+    cache = None
+    if shared:
+        head = examples[0]
+        cache = DynamicCache(config=llm.config)
+        prefix = _embed(llm, torch.tensor([head.input_ids[:shared]]), torch.tensor([head.added[:shared]]))
+        llm.model(inputs_embeds=prefix, cache=cache, use_cache=True)
+        cache.batch_repeat_interleave(len(examples))
+    batch = scene_batch(llm, [e.tail(shared) for e in examples], pad_id)
+    rows, width = batch["attention_mask"].shape
+    hidden = llm.model(
+        inputs_embeds=batch["inputs_embeds"],
+        attention_mask=torch.cat([torch.ones(rows, shared, dtype=torch.long), batch["attention_mask"]], 1),
+        position_ids=torch.arange(shared, shared + width).expand(rows, -1),
+        cache=cache,
+        use_cache=cache is not None,
+    ).last_hidden_state
     targets = batch["labels"][:, 1:]
     supervised = targets != IGNORE_INDEX
-    logits = llm.lm_head(hidden.last_hidden_state[:, :-1][supervised])
+    logits = llm.lm_head(hidden[:, :-1][supervised])
     return F.cross_entropy(logits.float(), targets[supervised], reduction="sum") / items
 
 
-def accumulate_batch(
-    llm: LlamaForCausalLM, examples: Sequence[SceneExample], pad_id: int, micro_batches: int
-) -> float:
-    """Backpropagate the mean loss over the batch's supervised tokens, computed in `micro_batches` slices of like
-    length. The summed gradient is that of the batch padded as one: the batch's draw is random as before (batches
-    grouped by length learned more slowly, docs/experiments.md); only the padding each slice computes shrinks.
-    Returns the loss."""
-    ordered = sorted(examples, key=lambda e: len(e.input_ids))
-    items = sum(label != IGNORE_INDEX for e in ordered for label in e.labels[1:])
+def accumulate_batch(llm: LlamaForCausalLM, examples: Sequence[SceneExample], pad_id: int) -> float:
+    """Backpropagate the mean loss over the batch's supervised tokens, computed in one micro-batch per template,
+    each with its shared first positions run once (`supervised_loss`). The summed gradient is that of the batch
+    padded as one: the batch's draw is random as before (batches grouped by length learned more slowly,
+    docs/experiments.md); what each micro-batch computes shrinks. Returns the loss."""
+    items = sum(label != IGNORE_INDEX for e in examples for label in e.labels[1:])
     total = 0.0
-    for k in range(micro_batches):
-        chunk = ordered[k * len(ordered) // micro_batches : (k + 1) * len(ordered) // micro_batches]
-        loss = supervised_loss(llm, scene_batch(llm, chunk, pad_id), items)
+    for template in sorted({e.template for e in examples}):
+        group = [e for e in examples if e.template == template]
+        loss = supervised_loss(llm, group, pad_id, items)
         loss.backward()
         total += loss.item()
     return total
@@ -294,7 +329,7 @@ def pretrain_llm(
         # Random batches, not batches of like length: grouping by length cut the padding but also made each
         # batch one kind of example, and the probe stayed near chance twice as long (docs/experiments.md).
         optimizer.zero_grad(set_to_none=True)
-        loss = accumulate_batch(llm, rng.sample(examples, spec.batch_size), pad_id, spec.micro_batches)
+        loss = accumulate_batch(llm, rng.sample(examples, spec.batch_size), pad_id)
         optimizer.step()
         schedule.step()
         progress.update(spec.batch_size, extra=f"step {step}/{spec.steps}, loss {loss:.3f}")
