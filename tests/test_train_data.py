@@ -14,6 +14,7 @@ from PIL import Image
 
 from firellava.core.chat_format import IGNORE_INDEX
 from firellava.train.data import Collator, DataError, EncodingSpec, LlavaDataset, encode_record
+from firellava.train.loss import predicts_a_label, supervised_cross_entropy
 from firellava.train.sampler import modality_length_grouped_indices
 from firellava.train.spec import batch_plan
 from firellava.train.worker import consume_local_rank
@@ -261,3 +262,49 @@ def test_records_longer_than_max_length_are_named_before_training(tmp_path, tiny
     assert ds.ids == ["fits", "long"] and ds.report.truncated == ["long"]
     assert ds.report.as_dict()["truncated"] == 1 and ds.report.as_dict()["truncated_ids"] == ["long"]
     assert "1 kept record(s)" in caplog.text and "['long']" in caplog.text
+
+
+def test_the_lm_head_on_supervised_positions_gives_hf_s_loss_and_gradient(tmp_path, tiny_llava):
+    """The stages' loss (train/loss.py): logits only where the next token is supervised, then HF's cross-entropy
+    over the accumulated batch's supervised tokens. Loss and gradient equal HF's loss on every position (a padded
+    batch with several rounds, an image after the question, a text-only row)."""
+    model, processor = tiny_llava
+    records = [
+        {"id": "a", "image": "a.png", "conversations": conv("<image>\nWhat colour?", "Red.", "And?", "Big.")},
+        {"id": "b", "image": "a.png", "conversations": conv("Q?<image>", "A long answer of several words.")},
+        {"id": "c", "conversations": conv("Hello?", "Hi.")},
+    ]
+    path, folder = write_world(tmp_path, records)
+    ds = dataset(tiny_llava, path, folder)
+    config = model.config
+    size = config.vision_config.image_size
+    collate = Collator(
+        processor.tokenizer.pad_token_id, config.image_token_id, config.image_seq_length, (3, size, size)
+    )
+    batch = collate([ds[i] for i in range(3)])
+    # part of the accumulated batch, as the Trainer counts it over all micro-batches and ranks
+    items = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) + 5
+    model.train()
+
+    def grads(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    reference = model(**batch, num_items_in_batch=items).loss
+    expected = grads(reference)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    outputs = model(**inputs, logits_to_keep=predicts_a_label(batch["labels"]))
+    loss = supervised_cross_entropy(outputs, batch["labels"], num_items_in_batch=torch.tensor(items))
+    assert outputs.logits.shape[0] == int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-7)
+    got = grads(loss)
+    assert got.keys() == expected.keys()
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+    mean = supervised_cross_entropy(
+        model(**inputs, logits_to_keep=predicts_a_label(batch["labels"])), batch["labels"]
+    )
+    torch.testing.assert_close(mean, model(**batch).loss, rtol=1e-5, atol=1e-7)  # no count: HF's mean
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        supervised_cross_entropy(model(**inputs), batch["labels"])

@@ -36,6 +36,8 @@ class StageSpec:
     gradient_checkpointing: bool = False
     flash_attention: bool = False
     group_by_modality_length: bool = False
+    # The LM head on supervised positions only, with HF's loss (train/loss.py); false: HF's loss on every position.
+    supervised_head: bool = True
     # Several samples per row, no padding (train.packing); the batch sizes above still count samples: a
     # micro-batch holds as many packs as make about per_device_batch_size samples. Replaces the grouping.
     packing: bool = False

@@ -30,6 +30,7 @@ from firellava.train.export import (
     set_use_cache,
     write_outputs,
 )
+from firellava.train.loss import predicts_a_label, supervised_cross_entropy
 from firellava.train.packing import PackedDataset, PackingCollator
 from firellava.train.sampler import ModalityLengthGroupedSampler, SeededShuffleSampler
 from firellava.train.spec import PARAM_GROUPS, BatchPlan, StageSpec, batch_plan, packs_per_device
@@ -39,14 +40,28 @@ CHECKPOINTS = "checkpoints"
 
 
 class LlavaTrainer(Trainer):
-    """HF Trainer plus LLaVA's modality-length grouped sampler, or a seeded shuffle of packs."""
+    """HF Trainer plus LLaVA's modality-length grouped sampler, or a seeded shuffle of packs; with
+    `supervised_head`, the LM head runs on supervised positions only (train/loss.py)."""
 
     def __init__(
-        self, *args: Any, modality_lengths: list[int] | None = None, packed: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        modality_lengths: list[int] | None = None,
+        packed: bool = False,
+        supervised_head: bool = False,
+        **kwargs: Any,
     ) -> None:
+        if supervised_head:
+            kwargs["compute_loss_func"] = supervised_cross_entropy
         super().__init__(*args, **kwargs)
         self.modality_lengths = modality_lengths
         self.packed = packed
+        self.supervised_head = supervised_head
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.supervised_head:
+            inputs = {**inputs, "logits_to_keep": predicts_a_label(inputs["labels"])}
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     def _get_train_sampler(self, train_dataset=None):
         if self.packed:
@@ -285,6 +300,7 @@ def train_stage(
         # Packs need no length grouping: best-fit made their lengths even already.
         modality_lengths=dataset.lengths if spec.group_by_modality_length and not spec.packing else None,
         packed=spec.packing,
+        supervised_head=spec.supervised_head,
     )
     trainer.remove_callback(PrinterCallback)
     resume = None if overwrite else last_complete_checkpoint(checkpoints)
