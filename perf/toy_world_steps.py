@@ -3,10 +3,9 @@
 For the toy LLM's text pretraining it prints, in one run: building one example, the mean sequence length, one
 training step at the configured batch with 1 and 2 torch threads (one padded batch through HF's loss against the
 stage's step, which runs one micro-batch per template, the positions its examples share once, and the LM head on
-supervised positions only), and
-one held-out probe (the run logs one every `PROBE_EVERY` steps); for the tower, one training step. CPU time
-(`time.process_time`) is printed beside wall time because the machine may be shared; the ratios are what to
-compare.
+supervised positions only), and one held-out probe (the run logs one every `PROBE_EVERY` steps); for the tower,
+one training step. CPU time (`time.process_time`) is printed beside wall time because the machine may be shared;
+the ratios are what to compare.
 
     .venv/bin/python perf/toy_world_steps.py [--steps 10]
 """
