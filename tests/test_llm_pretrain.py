@@ -135,9 +135,8 @@ def test_shared_prefix_stops_where_examples_differ_or_supervision_starts(tok):
     # the system prompt and the first role marker, then the scene's leading empty patches where all are empty
     assert head.startswith("<s>") and "A chat between" in head, head
     assert head.replace("<unk>", "").rstrip().endswith("USER:"), head
-    assert (
-        len({tuple(e.input_ids[: shared + GRID * GRID + 1]) for e in chats}) > 1
-    )  # the scenes differ after it
+    # the scenes differ after it
+    assert len({tuple(e.input_ids[: shared + GRID * GRID + 1]) for e in chats}) > 1
     # one example alone shares everything up to its first supervised token's predecessor
     alone = chats[0]
     first_supervised = next(i for i, label in enumerate(alone.labels) if label != IGNORE_INDEX)

@@ -284,6 +284,7 @@ def test_the_lm_head_on_supervised_positions_gives_hf_s_loss_and_gradient(tmp_pa
     batch = collate([ds[i] for i in range(3)])
     # part of the accumulated batch, as the Trainer counts it over all micro-batches and ranks
     items = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) + 5
+    was_training = model.training  # the model is the session's: left as found
     model.train()
 
     def grads(loss):
@@ -308,3 +309,5 @@ def test_the_lm_head_on_supervised_positions_gives_hf_s_loss_and_gradient(tmp_pa
     torch.testing.assert_close(mean, model(**batch).loss, rtol=1e-5, atol=1e-7)  # no count: HF's mean
     with pytest.raises(ValueError, match="logits_to_keep"):
         supervised_cross_entropy(model(**inputs), batch["labels"])
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
