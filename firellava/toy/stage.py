@@ -60,8 +60,8 @@ class ToyWorldSpec:
 def corpus(data: ToyData) -> Iterator[str]:
     """Every string the toy world wrote, plus the text a chat example carries besides its turns, as often as the
     model reads it: the system prompt once per chat record, ` ASSISTANT:` once per answer. Trained on the turns
-    alone, the tokenizer split the system prompt into 78 pieces where Llama-2's has 30, and the finetune's
-    sequences were half system prompt and role markers (docs/experiments.md). `USER` stays out: as in Llama's
+    alone, the tokenizer split the system prompt into far more pieces than Llama-2's does, and most of a
+    finetune sequence was system prompt and role markers (docs/experiments.md section 22). `USER` stays out: as in Llama's
     vocabulary `▁USER` must be one piece longer than `USER` after `</s>`, which LLaVA's masking relies on."""
     for record in json.loads(Path(data.coco_captions).read_text())["annotations"]:
         yield record["caption"]

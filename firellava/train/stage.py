@@ -56,10 +56,9 @@ class LlavaTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.modality_lengths = modality_lengths
         self.packed = packed
-        self.supervised_head = supervised_head
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.supervised_head:
+        if self.compute_loss_func is supervised_cross_entropy:
             inputs = {**inputs, "logits_to_keep": predicts_a_label(inputs["labels"])}
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
