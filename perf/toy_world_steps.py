@@ -2,8 +2,8 @@
 
 For the toy LLM's text pretraining it prints, in one run: building one example, the mean sequence length, one
 training step at the configured batch with 1 and 2 torch threads (one padded batch through HF's loss against the
-stage's step, which runs one micro-batch per template, the positions its examples share once, and the LM head on
-supervised positions only), and one held-out probe (the run logs one every `PROBE_EVERY` steps); for the tower,
+stage's step, which runs micro-batches of one template and like length, the positions their examples share
+once, and the LM head on supervised positions only), and one held-out probe (the run logs one every `PROBE_EVERY` steps); for the tower,
 one training step. CPU time (`time.process_time`) is printed beside wall time because the machine may be shared;
 the ratios are what to compare.
 
@@ -60,7 +60,7 @@ def main() -> None:
 
     def stage_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        lp.accumulate_batch(llm, rng.sample(examples, pre.batch_size), 0)
+        lp.accumulate_batch(llm, rng.sample(examples, pre.batch_size), 0, pre.micro_batch)
         optimizer.step()
 
     steps = {"one padded batch, HF loss": padded_step, "the stage's step": stage_step}

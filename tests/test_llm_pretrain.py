@@ -18,6 +18,7 @@ from firellava.toy.llm_pretrain import (
     _examples,
     accumulate_batch,
     chat_example,
+    micro_batches,
     plain_example,
     pretrain_llm,
     scene_batch,
@@ -111,8 +112,8 @@ def test_pretraining_changes_the_llm_and_lowers_its_loss(tok):
 
 def test_a_batch_in_micro_batches_with_shared_prefixes_has_the_padded_batch_s_loss_and_gradient(tok):
     """What one step of the loop computes equals HF's loss of the batch padded as one (the mean over supervised
-    tokens), and so does its gradient: one micro-batch per template, each with its shared first positions run
-    once, only drops padding and repeated work."""
+    tokens), and so does its gradient: micro-batches of one template and like length, each with its shared first
+    positions run once, only drop padding and repeated work."""
     llm = build_llm(replace(toy_world_spec().llm, layers=2), tok, seed=3)
     batch = _examples(LlmPretrainSpec(steps=1, batch_size=12), tok, seed=7, grid=GRID)
     assert {e.template for e in batch} == {"plain", "vicuna_v1"}
@@ -121,7 +122,13 @@ def test_a_batch_in_micro_batches_with_shared_prefixes_has_the_padded_batch_s_lo
     reference.backward()
     expected = {n: p.grad.clone() for n, p in llm.named_parameters()}
     llm.zero_grad(set_to_none=True)
-    loss = accumulate_batch(llm, batch, tok.pad_token_id or 0)
+    groups = micro_batches(batch, 4)
+    assert sorted(id(e) for g in groups for e in g) == sorted(map(id, batch))  # every example once
+    assert all(len({e.template for e in g}) == 1 and 0 < len(g) <= 4 for g in groups)
+    for g, h in zip(groups, groups[1:]):  # a template's micro-batches go by length
+        if g[0].template == h[0].template:
+            assert max(len(e.input_ids) for e in g) <= min(len(e.input_ids) for e in h)
+    loss = accumulate_batch(llm, batch, tok.pad_token_id or 0, micro_batch=4)
     assert loss == pytest.approx(reference.item(), rel=1e-5)
     for name, param in llm.named_parameters():
         torch.testing.assert_close(param.grad, expected[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -94,6 +94,9 @@ class LlmPretrainSpec:
     steps: int = 500
     examples: int = 51_200  # a cap; a run builds only as many as its steps draw, so none is seen twice
     batch_size: int = 32
+    # Examples per micro-batch at most (`micro_batches`): a chat example's length varies with its questions, and
+    # splitting a batch's chats in two by length cut the padding for less than the extra pass costs.
+    micro_batch: int = 16
     learning_rate: float = 1e-3
     plain_fraction: float = 0.3
     max_turns: int = 4
@@ -267,15 +270,28 @@ def supervised_loss(
     return F.cross_entropy(logits.float(), targets[supervised], reduction="sum") / items
 
 
-def accumulate_batch(llm: LlamaForCausalLM, examples: Sequence[SceneExample], pad_id: int) -> float:
-    """Backpropagate the mean loss over the batch's supervised tokens, computed in one micro-batch per template,
-    each with its shared first positions run once (`supervised_loss`). The summed gradient is that of the batch
-    padded as one: the batch's draw is random as before (batches grouped by length learned more slowly,
-    docs/experiments.md); what each micro-batch computes shrinks. Returns the loss."""
+def micro_batches(examples: Sequence[SceneExample], size: int) -> list[list[SceneExample]]:
+    """The examples in micro-batches of one template each and like length: a template's examples sorted by
+    length, in as few equal chunks as hold at most `size` each. A chunk pads to its own longest example, and
+    its shared first positions (`shared_prefix`) run once."""
+    out = []
+    for template in sorted({e.template for e in examples}):
+        group = sorted((e for e in examples if e.template == template), key=lambda e: len(e.input_ids))
+        chunks = -(-len(group) // size)
+        out += [group[i * len(group) // chunks : (i + 1) * len(group) // chunks] for i in range(chunks)]
+    return out
+
+
+def accumulate_batch(
+    llm: LlamaForCausalLM, examples: Sequence[SceneExample], pad_id: int, micro_batch: int
+) -> float:
+    """Backpropagate the mean loss over the batch's supervised tokens, computed in `micro_batches` of at most
+    `micro_batch` examples (`supervised_loss`). The summed gradient is that of the batch padded as one: the
+    batch's draw is random as before (batches grouped by length learned more slowly, docs/experiments.md); what
+    each micro-batch computes shrinks. Returns the loss."""
     items = sum(label != IGNORE_INDEX for e in examples for label in e.labels[1:])
     total = 0.0
-    for template in sorted({e.template for e in examples}):
-        group = [e for e in examples if e.template == template]
+    for group in micro_batches(examples, micro_batch):
         loss = supervised_loss(llm, group, pad_id, items)
         loss.backward()
         total += loss.item()
@@ -329,7 +345,7 @@ def pretrain_llm(
         # Random batches, not batches of like length: grouping by length cut the padding but also made each
         # batch one kind of example, and the probe stayed near chance twice as long (docs/experiments.md).
         optimizer.zero_grad(set_to_none=True)
-        loss = accumulate_batch(llm, rng.sample(examples, spec.batch_size), pad_id)
+        loss = accumulate_batch(llm, rng.sample(examples, spec.batch_size), pad_id, spec.micro_batch)
         optimizer.step()
         schedule.step()
         progress.update(spec.batch_size, extra=f"step {step}/{spec.steps}, loss {loss:.3f}")

@@ -24,7 +24,7 @@ from firellava.datagen.prefix import prompt_ids
 from firellava.datagen.prompts import format_response, prompt_set
 from firellava.engines import Prompt
 from firellava.toy import language
-from firellava.toy.llm_pretrain import Example, pad_batch
+from firellava.toy.llm_pretrain import NO_WORD, SceneExample, accumulate_batch
 from firellava.toy.scenes import Scene, sample_scene
 from firellava.toy.tiny_models import LlmSizes, build_llm
 
@@ -82,8 +82,10 @@ def target(kind: str, scene: Scene, rng: random.Random) -> str:
     return format_response(kind, [language.complex_reasoning(scene, rng)])
 
 
-def training_examples(tokenizer: Any, spec: ToyTeacherSpec, seed: int) -> list[Example]:
-    """(prompt + response + eos ids, labels on the response and eos only), one per scene and type."""
+def training_examples(tokenizer: Any, spec: ToyTeacherSpec, seed: int) -> list[SceneExample]:
+    """Prompt + response + eos, labels on the response and eos only, one per scene and type. The type is the
+    example's `template`: a type's prompts share their system message and instructions, which the training step
+    then runs once per micro-batch (`accumulate_batch`). No word is added to any position."""
     prompts = prompt_set(spec.prompt_set)
     rng = random.Random(f"toy-teacher/{seed}")
     out = []
@@ -94,7 +96,8 @@ def training_examples(tokenizer: Any, spec: ToyTeacherSpec, seed: int) -> list[E
             prompt = Prompt(messages=prompts.messages(kind, format_context(ctx, USES_BOXES[kind])))
             response = tokenizer(" " + target(kind, scene, rng), add_special_tokens=False)["input_ids"]
             context, answer = prompt_ids(tokenizer, prompt), response + [tokenizer.eos_token_id]
-            out.append((context + answer, [IGNORE_INDEX] * len(context) + answer))
+            ids = context + answer
+            out.append(SceneExample(ids, [IGNORE_INDEX] * len(context) + answer, [NO_WORD] * len(ids), kind))
     return out
 
 
@@ -105,7 +108,7 @@ def train_toy_teacher(spec: ToyTeacherSpec, tokenizer_dir: Path, out_dir: Path, 
     tokenizer.chat_template = LLAMA2_CHAT_TEMPLATE
     examples = training_examples(tokenizer, spec, seed) if spec.steps else []
     # Room for the longest training prompt and an answer as long as datagen's max_tokens may ask for.
-    longest = max((len(ids) for ids, _ in examples), default=0)
+    longest = max((len(e.input_ids) for e in examples), default=0)
     sizes = replace(spec.llm, max_position_embeddings=max(spec.llm.max_position_embeddings, longest + 512))
     torch.manual_seed(seed)
     model = build_llm(sizes, tokenizer, seed)
@@ -115,19 +118,18 @@ def train_toy_teacher(spec: ToyTeacherSpec, tokenizer_dir: Path, out_dir: Path, 
         optim, max_lr=spec.learning_rate, total_steps=max(1, spec.steps), pct_start=0.1
     )
     rng = random.Random(f"toy-teacher/{seed}/order")
-    loss = torch.tensor(0.0)
+    loss = 0.0
     progress = Progress("toy teacher training", spec.steps * spec.batch_size, unit="examples")
     for step in range(spec.steps):
-        batch = pad_batch(
-            rng.sample(examples, spec.batch_size), tokenizer.pad_token_id or tokenizer.eos_token_id
+        batch = rng.sample(examples, spec.batch_size)
+        loss = accumulate_batch(
+            model, batch, tokenizer.pad_token_id or tokenizer.eos_token_id, spec.batch_size
         )
-        loss = model(**batch).loss
-        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optim.step()
         sched.step()
         optim.zero_grad()
-        progress.update(spec.batch_size, extra=f"step {step + 1}/{spec.steps}, loss {loss.item():.3f}")
+        progress.update(spec.batch_size, extra=f"step {step + 1}/{spec.steps}, loss {loss:.3f}")
     progress.close()
     model.eval()
     model.save_pretrained(out_dir)
@@ -138,7 +140,7 @@ def train_toy_teacher(spec: ToyTeacherSpec, tokenizer_dir: Path, out_dir: Path, 
         spec.steps,
         len(examples),
         seconds,
-        loss.item(),
+        loss,
     )
     return {
         "dir": str(out_dir),
