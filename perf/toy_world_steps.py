@@ -1,11 +1,11 @@
 """Where the toy world's time goes: the per-step CPU cost of its trainings at the demo's sizes, side by side.
 
 For the toy LLM's text pretraining it prints, in one run: building one example, the mean sequence length, one
-training step at the configured batch with 1 and 2 torch threads (one padded batch through HF's loss against the
-stage's step, which runs micro-batches of one template and like length, the positions their examples share
-once, and the LM head on supervised positions only), and one held-out probe (the run logs one every `PROBE_EVERY` steps); for the tower,
-one training step. CPU time (`time.process_time`) is printed beside wall time because the machine may be shared;
-the ratios are what to compare.
+training step at the configured batch with 1 and 2 torch threads (one padded batch through HF's loss; one
+micro-batch per template; the stage's step, which runs micro-batches of one template and like length; both run
+the positions their examples share once and the LM head on supervised positions only), and one held-out probe
+(the run logs one every `PROBE_EVERY` steps); for the tower, one training step. CPU time (`time.process_time`)
+is printed beside wall time because the machine may be shared; the ratios are what to compare.
 
     .venv/bin/python perf/toy_world_steps.py [--steps 10]
 """
@@ -58,12 +58,16 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    def stage_step() -> None:
+    def stage_step(micro_batch: int) -> None:
         optimizer.zero_grad(set_to_none=True)
-        lp.accumulate_batch(llm, rng.sample(examples, pre.batch_size), 0, pre.micro_batch)
+        lp.accumulate_batch(llm, rng.sample(examples, pre.batch_size), 0, micro_batch)
         optimizer.step()
 
-    steps = {"one padded batch, HF loss": padded_step, "the stage's step": stage_step}
+    steps = {
+        "one padded batch, HF loss": padded_step,
+        "one micro-batch per template": lambda: stage_step(pre.batch_size),
+        f"the stage's step (micro-batches of at most {pre.micro_batch})": lambda: stage_step(pre.micro_batch),
+    }
     for threads in (1, 2):
         torch.set_num_threads(threads)
         base = None
