@@ -110,6 +110,20 @@ def test_pretraining_changes_the_llm_and_lowers_its_loss(tok):
     assert after < before / 2, (before, after)
 
 
+def test_the_llm_leaves_a_core_to_the_training_beside_it_for_its_first_steps_only(tok, monkeypatch):
+    llm = build_llm(replace(toy_world_spec().llm, layers=1), tok, seed=0)
+    cores = torch.get_num_threads()
+    steps, waits = [], []
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(
+        torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1) or step(self, *a, **k)
+    )
+    spec = LlmPretrainSpec(steps=4, batch_size=2, steps_beside=2)
+    pretrain_llm(llm, tok, spec, 0, GRID, beside=lambda: waits.append((torch.get_num_threads(), len(steps))))
+    assert waits == [(max(1, cores - 1), 2)]  # waited once, after step 2, with a core left to the other
+    assert torch.get_num_threads() == cores
+
+
 def test_a_batch_in_micro_batches_with_shared_prefixes_has_the_padded_batch_s_loss_and_gradient(tok):
     """What one step of the loop computes equals HF's loss of the batch padded as one (the mean over supervised
     tokens), and so does its gradient: micro-batches of one template and like length, each with its shared first

@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -97,6 +97,11 @@ class LlmPretrainSpec:
     # Examples per micro-batch at most (`micro_batches`): a chat example's length varies with its questions, and
     # splitting a batch's chats in two by length cut the padding for less than the extra pass costs.
     micro_batch: int = 16
+    # With a training beside it in another process (the vision tower's: `tiny_models.build_tiny_models`), the
+    # first this many steps leave that process one core; then the LLM waits for it and takes every core. A fixed
+    # step, not the moment the other ends: the thread count changes the rounding, and a run must compute the
+    # same model however fast the machine is.
+    steps_beside: int = 0
     learning_rate: float = 1e-3
     plain_fraction: float = 0.3
     max_turns: int = 4
@@ -325,10 +330,34 @@ def probe(
 
 
 def pretrain_llm(
-    llm: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, spec: LlmPretrainSpec, seed: int, grid: int
+    llm: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    spec: LlmPretrainSpec,
+    seed: int,
+    grid: int,
+    beside: Callable[[], object] | None = None,
 ) -> dict[str, float]:
     """Train `llm` in place on toy text, scenes laid out on a `grid` x `grid` patch grid; returns its held-out
-    accuracies (`probe`)."""
+    accuracies (`probe`). `beside`: waits for a process that trains on one core meanwhile; the first
+    `spec.steps_beside` steps leave it that core."""
+    cores = torch.get_num_threads()
+    if beside is not None:
+        torch.set_num_threads(max(1, cores - 1))
+    try:
+        return _train(llm, tokenizer, spec, seed, grid, beside, cores)
+    finally:
+        torch.set_num_threads(cores)
+
+
+def _train(
+    llm: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerFast,
+    spec: LlmPretrainSpec,
+    seed: int,
+    grid: int,
+    beside: Callable[[], object] | None,
+    cores: int,
+) -> dict[str, float]:
     examples = _examples(spec, tokenizer, seed, grid)
     pad_id = tokenizer.pad_token_id or 0
     torch.manual_seed(seed)
@@ -341,6 +370,10 @@ def pretrain_llm(
     log.info("tiny LLM before pretraining, held-out %s", probe(llm, tokenizer, seed, grid))
     progress = Progress("tiny LLM pretraining", spec.steps * spec.batch_size, unit="examples")
     for step in range(1, spec.steps + 1):
+        if beside is not None and step > spec.steps_beside:
+            beside()
+            beside = None
+            torch.set_num_threads(cores)
         llm.train()
         # Random batches, not batches of like length: grouping by length cut the padding but also made each
         # batch one kind of example, and the probe stayed near chance twice as long (docs/experiments.md).
@@ -353,4 +386,6 @@ def pretrain_llm(
             metrics = probe(llm, tokenizer, seed, grid)
             log.info("tiny LLM step %d/%d: held-out %s", step, spec.steps, metrics)
     progress.close()
+    if beside is not None:
+        beside()
     return metrics

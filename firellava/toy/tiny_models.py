@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from transformers import (
 
 from firellava.core.chat_format import IMAGE_TOKEN, segments
 from firellava.core.tokenization import PROBES, SPECIAL_PROBE
+from firellava.toy.beside import beside
 from firellava.toy.llm_pretrain import LlmPretrainSpec, pretrain_llm
 from firellava.toy.scenes import COLOURS, SHAPES
 from firellava.toy.vision_pretrain import VisionPretrainSpec, pretrain_vision_tower
@@ -206,20 +207,51 @@ def build_tiny_models(
 ) -> tuple[dict[str, Path], dict[str, dict[str, float]]]:
     """Write `tokenizer/`, `vision/` and `llm/` (the LLM directory carries the tokenizer too, like Vicuna's).
 
-    Returns the paths and the held-out probe accuracies of the pretrained tower and LLM (`vision`, `llm`; empty
-    when a pretraining has 0 steps)."""
+    When both pretrain, the tower trains in a second process on one core while the LLM trains on the others
+    (`beside`; `LlmPretrainSpec.steps_beside`). Returns the paths and the held-out probe accuracies of the
+    pretrained tower and LLM (`vision`, `llm`; empty when a pretraining has 0 steps)."""
+    paths = {"tokenizer": out_dir / "tokenizer", "vision_tower": out_dir / "vision", "llm": out_dir / "llm"}
+    tower = (vision_sizes, vision_pretrain, seed, paths["vision_tower"])
+    text = (texts, paths, vocab_size, llm_sizes, llm_pretrain, seed, vision_sizes.grid)
+    if vision_pretrain.steps and llm_pretrain.steps:
+        with beside(train_vision_tower, *tower) as tower_trained:
+            llm_probe = train_tokenizer_and_llm(*text, beside=tower_trained.get)
+        vision_probe = tower_trained.get()
+    else:
+        vision_probe = train_vision_tower(*tower)
+        llm_probe = train_tokenizer_and_llm(*text)
+    return paths, {"vision": vision_probe, "llm": llm_probe}
+
+
+def train_tokenizer_and_llm(
+    texts: Iterable[str],
+    paths: dict[str, Path],
+    vocab_size: int,
+    sizes: LlmSizes,
+    spec: LlmPretrainSpec,
+    seed: int,
+    grid: int,
+    beside: Callable[[], object] | None = None,
+) -> dict[str, float]:
+    """Train the tokenizer, build the LLM and pretrain it (`pretrain_llm`; 0 steps leave it random), save both;
+    returns the LLM's held-out probe accuracies (empty when it did not pretrain)."""
     # The LLM's text pretraining writes a scene position as one colour word and one kind word.
     tokenizer = train_tokenizer(texts, vocab_size, words=[*COLOURS, *SHAPES])
-    vision, image_processor = build_vision_tower(vision_sizes, seed)
-    probes = {"vision": pretrain_vision_tower(vision, vision_pretrain, seed) if vision_pretrain.steps else {}}
-    llm = build_llm(llm_sizes, tokenizer, seed)
-    probes["llm"] = (
-        pretrain_llm(llm, tokenizer, llm_pretrain, seed, vision_sizes.grid) if llm_pretrain.steps else {}
-    )
-    paths = {"tokenizer": out_dir / "tokenizer", "vision_tower": out_dir / "vision", "llm": out_dir / "llm"}
+    llm = build_llm(sizes, tokenizer, seed)
+    probes = pretrain_llm(llm, tokenizer, spec, seed, grid, beside) if spec.steps else {}
     tokenizer.save_pretrained(paths["tokenizer"])
-    vision.save_pretrained(paths["vision_tower"])
-    image_processor.save_pretrained(paths["vision_tower"])
     llm.save_pretrained(paths["llm"])
     tokenizer.save_pretrained(paths["llm"])
-    return paths, probes
+    return probes
+
+
+def train_vision_tower(
+    sizes: VisionSizes, spec: VisionPretrainSpec, seed: int, out_dir: Path
+) -> dict[str, float]:
+    """Build the tower, pretrain it (0 steps leave it random) and save it with its image processor in `out_dir`;
+    returns its held-out probe accuracies (empty when it did not pretrain)."""
+    vision, image_processor = build_vision_tower(sizes, seed)
+    probes = pretrain_vision_tower(vision, spec, seed) if spec.steps else {}
+    vision.save_pretrained(out_dir)
+    image_processor.save_pretrained(out_dir)
+    return probes

@@ -1,0 +1,48 @@
+"""A function run in a second process on one core while this process goes on with the other cores.
+
+The toy world trains its vision tower beside the LLM's text pretraining. Both are small models whose steps gain
+far less from a second core than from the first (docs/experiments.md section 24), so the two trainings on one
+core each end sooner than one after the other on both. The second process logs through this process's handlers,
+so its progress lines reach the console and the run's log as any stage's do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+from collections.abc import Callable, Iterator
+from logging.handlers import QueueHandler, QueueListener
+from multiprocessing.pool import AsyncResult
+from typing import Any
+
+
+def _one_core_logging_to(queue: Any, level: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    root = logging.getLogger()
+    root.handlers = [QueueHandler(queue)]
+    root.setLevel(level)
+
+
+@contextlib.contextmanager
+def beside(fn: Callable[..., Any], *args: Any) -> Iterator[AsyncResult]:
+    """Start `fn(*args)` in a fresh process with one torch thread; yields its result (`.get()` waits and
+    re-raises its error). Leaving the block waits for the process, or stops it when the block raised. `fn` and
+    its arguments must pickle: the process is spawned, not forked, as torch's threads do not survive a fork."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    root = logging.getLogger()
+    listener = QueueListener(queue, *root.handlers, respect_handler_level=True)
+    listener.start()
+    pool = context.Pool(1, initializer=_one_core_logging_to, initargs=(queue, root.getEffectiveLevel()))
+    try:
+        yield pool.apply_async(fn, args)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+        listener.stop()
