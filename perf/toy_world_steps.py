@@ -3,11 +3,12 @@
 For the toy LLM's text pretraining it prints, in one run: building one example, the mean sequence length, one
 training step at the configured batch with 1 and 2 torch threads (one padded batch through HF's loss; one
 micro-batch per template; the stage's step, which runs micro-batches of one template and like length; both run
-the positions their examples share once and the LM head on supervised positions only), and one held-out probe
+the positions their examples share once and the LM head on supervised positions only; the three in rounds of
+alternating order on the same batches), and one held-out probe
 (the run logs one every `PROBE_EVERY` steps); for the tower, one training step. CPU time (`time.process_time`)
 is printed beside wall time because the machine may be shared; the ratios are what to compare.
 
-    .venv/bin/python perf/toy_world_steps.py [--steps 10]
+    .venv/bin/python perf/toy_world_steps.py [--steps 10] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -31,9 +32,28 @@ def timed(fn, repeat: int) -> tuple[float, float]:
     return (time.perf_counter() - wall) / repeat, (time.process_time() - cpu) / repeat
 
 
+def alternated(
+    steps: dict, examples: list, batch_size: int, n: int, rounds: int
+) -> dict[str, tuple[float, float]]:
+    """(wall, cpu) seconds per step of each variant in `steps`: `rounds` rounds of `n` steps each, the variants'
+    order turned round every round (the machine's speed drifts), every variant on the same batches in a round."""
+    totals = {name: [0.0, 0.0] for name in steps}
+    for r in range(rounds):
+        batches = [random.Random(f"{r}/{i}").sample(examples, batch_size) for i in range(n + 1)]
+        for name in list(steps)[:: 1 if r % 2 == 0 else -1]:
+            step = steps[name]
+            step(batches[-1])  # warm-up
+            queue = iter(batches[:n])
+            wall, cpu = timed(lambda step=step, queue=queue: step(next(queue)), n)
+            totals[name][0] += wall / rounds
+            totals[name][1] += cpu / rounds
+    return {name: (wall, cpu) for name, (wall, cpu) in totals.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="steps of each variant per round")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     spec = demo_toy_world("toy_world.coco_images=24", "toy_world.pretrain_images=24")
     tokenizer = world_tokenizer(spec)
@@ -49,31 +69,30 @@ def main() -> None:
     print(f"  sequence length: mean {sum(lengths) / n:.0f}, max {max(lengths)}")
     llm = build_llm(spec.llm, tokenizer, spec.seed)
     optimizer = torch.optim.AdamW(llm.parameters(), lr=pre.learning_rate)
-    rng = random.Random(0)
 
     # One padded batch with the LM head on every position, as the loop computed it before micro-batches.
-    def padded_step() -> None:
-        loss = llm(**lp.scene_batch(llm, rng.sample(examples, pre.batch_size), 0)).loss
+    def padded_step(batch: list[lp.SceneExample]) -> None:
+        loss = llm(**lp.scene_batch(llm, batch, 0)).loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    def stage_step(micro_batch: int) -> None:
+    def stage_step(batch: list[lp.SceneExample], micro_batch: int) -> None:
         optimizer.zero_grad(set_to_none=True)
-        lp.accumulate_batch(llm, rng.sample(examples, pre.batch_size), 0, micro_batch)
+        lp.accumulate_batch(llm, batch, 0, micro_batch)
         optimizer.step()
 
     steps = {
         "one padded batch, HF loss": padded_step,
-        "one micro-batch per template": lambda: stage_step(pre.batch_size),
-        f"the stage's step (micro-batches of at most {pre.micro_batch})": lambda: stage_step(pre.micro_batch),
+        "one micro-batch per template": lambda batch: stage_step(batch, pre.batch_size),
+        f"the stage's step (micro-batches of at most {pre.micro_batch})": lambda b: stage_step(
+            b, pre.micro_batch
+        ),
     }
     for threads in (1, 2):
         torch.set_num_threads(threads)
         base = None
-        for name, fn in steps.items():
-            fn()  # warm-up
-            wall, cpu = timed(fn, args.steps)
+        for name, (wall, cpu) in alternated(steps, examples, pre.batch_size, args.steps, args.rounds).items():
             base = base or wall
             print(
                 f"  {name}, {threads} thread(s): {wall:.3f} s wall, {cpu:.3f} s cpu ({base / wall:.2f}x); "

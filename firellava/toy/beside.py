@@ -1,9 +1,9 @@
 """A function run in a second process on one core while this process goes on with the other cores.
 
-The toy world trains its vision tower beside the LLM's text pretraining. Both are small models whose steps gain
-far less from a second core than from the first (docs/experiments.md section 24), so the two trainings on one
-core each end sooner than one after the other on both. The second process logs through this process's handlers,
-so its progress lines reach the console and the run's log as any stage's do.
+The toy world trains its vision tower beside the LLM's text pretraining. The tower's small steps gain little from a
+second core, and the LLM's gain less than twice, so the two trainings on one core each end sooner than one after
+the other on both (docs/experiments.md section 24). The second process logs through this process's handlers, so
+its progress lines reach the console and the run's log as any stage's do.
 """
 
 from __future__ import annotations
