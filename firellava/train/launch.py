@@ -101,6 +101,10 @@ def launch(
     if not torch.cuda.is_available():
         procs = max(1, train.num_gpus)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs)))
+        # DeepSpeed compiles its CPU shared-memory collectives the first time a training starts. scripts/install.sh
+        # builds them into this environment's own extension cache, so no training waits for the compiler, and two
+        # environments (or clones) do not rebuild over each other's.
+        env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
     log.info("%s: %s", stage, " ".join(cmd))
     try:
         rc = subprocess.run(cmd, env=env, cwd=os.getcwd(), check=False).returncode
