@@ -34,7 +34,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from firellava.core.chat_format import IGNORE_INDEX, IMAGE_TOKEN, encode
@@ -43,6 +42,7 @@ from firellava.core.progress import Progress
 from firellava.toy import language as lang
 from firellava.toy.scenes import COLOURS, SHAPES, Scene, sample_scene
 from firellava.toy.vision_pretrain import NONE, centre_labels
+from firellava.train.loss import predicts_a_label, supervised_cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +269,8 @@ def supervised_loss(
         cache=cache,
         use_cache=cache is not None,
     ).last_hidden_state
-    targets = batch["labels"][:, 1:]
-    supervised = targets != IGNORE_INDEX
-    logits = llm.lm_head(hidden[:, :-1][supervised])
-    return F.cross_entropy(logits.float(), targets[supervised], reduction="sum") / items
+    keep = predicts_a_label(batch["labels"])
+    return supervised_cross_entropy({"logits": llm.lm_head(hidden[keep])}, batch["labels"], items)
 
 
 def micro_batches(examples: Sequence[SceneExample], size: int) -> list[list[SceneExample]]:
