@@ -1,8 +1,8 @@
-"""A function run in a second process on one core while this process goes on with the other cores.
+"""Functions run in a second process on one core while this process goes on with the other cores.
 
-The toy world trains its vision tower beside the LLM's text pretraining. The tower's small steps gain little from a
-second core, and the LLM's gain less than twice, so the two trainings on one core each end sooner than one after
-the other on both (docs/experiments.md section 24). The second process logs through this process's handlers, so
+The toy world trains its vision tower and then its teacher beside the LLM's text pretraining. Their small steps
+gain little from a second core, and the LLM's gain less than twice, so trainings on one core each end sooner than
+one after the other on both (docs/experiments.md sections 24 and 25). The second process logs through this process's handlers, so
 its progress lines reach the console and the run's log as any stage's do.
 """
 
@@ -26,11 +26,15 @@ def _one_core_logging_to(queue: Any, level: int) -> None:
     root.setLevel(level)
 
 
+Submit = Callable[..., AsyncResult]
+
+
 @contextlib.contextmanager
-def beside(fn: Callable[..., Any], *args: Any) -> Iterator[AsyncResult]:
-    """Start `fn(*args)` in a fresh process with one torch thread; yields its result (`.get()` waits and
-    re-raises its error). Leaving the block waits for the process, or stops it when the block raised. `fn` and
-    its arguments must pickle: the process is spawned, not forked, as torch's threads do not survive a fork."""
+def beside() -> Iterator[Submit]:
+    """Start a fresh process with one torch thread; yields `submit(fn, *args)`, which queues `fn(*args)` there and
+    returns its result (`.get()` waits and re-raises its error). Calls run one after the other, in the order
+    submitted. Leaving the block waits for them, or stops the process when the block raised. Functions and
+    arguments must pickle: the process is spawned, not forked, as torch's threads do not survive a fork."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     root = logging.getLogger()
@@ -38,7 +42,7 @@ def beside(fn: Callable[..., Any], *args: Any) -> Iterator[AsyncResult]:
     listener.start()
     pool = context.Pool(1, initializer=_one_core_logging_to, initargs=(queue, root.getEffectiveLevel()))
     try:
-        yield pool.apply_async(fn, args)
+        yield lambda fn, *args: pool.apply_async(fn, args)
         pool.close()
     except BaseException:
         pool.terminate()

@@ -49,7 +49,9 @@ log = logging.getLogger(__name__)
 # Below the vision pretraining's ids and the held-out check's, above every id the toy data uses.
 SCENE_ID_BASE = 700_000_000
 HELD_OUT = 100  # questions per probed kind
-PROBE_EVERY = 200  # steps; a probe costs a few training steps
+# Steps between held-out probes. A probe costs several training steps, so the run's log keeps a coarse curve;
+# perf/toy_llm_curve.py draws a finer one.
+PROBE_EVERY = 300
 HELD_OUT_ID_OFFSET = 50_000_000  # past any training example's id
 # Weighted towards the questions that need the named object matched against the scene: with fewer existence,
 # colour and shape questions, existence stayed at chance and shape was not bound to the colour named; without
@@ -97,8 +99,8 @@ class LlmPretrainSpec:
     # Examples per micro-batch at most (`micro_batches`): a chat example's length varies with its questions, and
     # splitting a batch's chats in two by length cut the padding for less than the extra pass costs.
     micro_batch: int = 16
-    # With a training beside it in another process (the vision tower's: `tiny_models.build_tiny_models`), the
-    # first this many steps leave that process one core; then the LLM waits for it and takes every core. A fixed
+    # With trainings beside it in another process (the vision tower's, then the teacher's:
+    # `tiny_models.build_tiny_models`), the first this many steps leave that process one core; then the LLM waits for it and takes every core. A fixed
     # step, not the moment the other ends: the thread count changes the rounding, and a run must compute the
     # same model however fast the machine is.
     steps_beside: int = 0
@@ -365,7 +367,6 @@ def _train(
         optimizer, max_lr=spec.learning_rate, total_steps=spec.steps, pct_start=0.05
     )
     rng = random.Random(f"llm-pretrain/{seed}/batches")
-    log.info("tiny LLM before pretraining, held-out %s", probe(llm, tokenizer, seed, grid))
     progress = Progress("tiny LLM pretraining", spec.steps * spec.batch_size, unit="examples")
     for step in range(1, spec.steps + 1):
         if beside is not None and step > spec.steps_beside:

@@ -11,6 +11,7 @@ Built in a temporary directory and moved into place when complete."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -89,7 +90,11 @@ def _models(models_dir: Path, spec: ToyWorldSpec, data: ToyData) -> tuple[dict[s
     key = model_key(spec) if spec.cache_dir else None
     record = restore(spec.cache_dir, key, models_dir) if key else None
     if record is None:
-        models, probes = build_tiny_models(
+        # The teacher needs the toy tokenizer only, so it trains beside the LLM, after the tower.
+        train_teacher = functools.partial(
+            train_toy_teacher, spec.teacher, out_dir=models_dir / "teacher", seed=spec.seed
+        )
+        _, probes, teacher = build_tiny_models(
             corpus(data),
             models_dir,
             spec.vocab_size,
@@ -98,8 +103,8 @@ def _models(models_dir: Path, spec: ToyWorldSpec, data: ToyData) -> tuple[dict[s
             spec.seed,
             spec.vision_pretrain,
             spec.llm_pretrain,
+            reads_tokenizer=train_teacher,
         )
-        teacher = train_toy_teacher(spec.teacher, models["tokenizer"], models_dir / "teacher", spec.seed)
         record = {"probes": probes, "teacher": teacher}
         if key:
             store(spec.cache_dir, key, models_dir, record)

@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
@@ -38,6 +39,7 @@ from firellava.toy.llm_pretrain import LlmPretrainSpec, pretrain_llm
 from firellava.toy.scenes import COLOURS, SHAPES
 from firellava.toy.vision_pretrain import VisionPretrainSpec, pretrain_vision_tower
 
+T = TypeVar("T")
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2 as in Llama
 BYTE_PIECES = tuple(f"<0x{b:02X}>" for b in range(256))  # ids 3-258: byte fallback
 
@@ -204,44 +206,62 @@ def build_tiny_models(
     seed: int,
     vision_pretrain: VisionPretrainSpec,
     llm_pretrain: LlmPretrainSpec,
-) -> tuple[dict[str, Path], dict[str, dict[str, float]]]:
+    reads_tokenizer: Callable[[Path], T] | None = None,
+) -> tuple[dict[str, Path], dict[str, dict[str, float]], T | None]:
     """Write `tokenizer/`, `vision/` and `llm/` (the LLM directory carries the tokenizer too, like Vicuna's).
 
-    When both pretrain, the tower trains in a second process on one core while the LLM trains on the others
-    (`beside`; `LlmPretrainSpec.steps_beside`). Returns the paths and the held-out probe accuracies of the
-    pretrained tower and LLM (`vision`, `llm`; empty when a pretraining has 0 steps)."""
+    `reads_tokenizer`: a training that needs the saved tokenizer (the toy teacher), called with its directory.
+    When both the tower and the LLM pretrain, the tower and then that training run in a second process on one
+    core while the LLM trains on the others (`beside`; `LlmPretrainSpec.steps_beside`); otherwise one after the
+    other here. Returns the paths, the held-out probe accuracies of the pretrained tower and LLM (`vision`,
+    `llm`; empty when a pretraining has 0 steps) and what `reads_tokenizer` returned."""
     paths = {"tokenizer": out_dir / "tokenizer", "vision_tower": out_dir / "vision", "llm": out_dir / "llm"}
     tower = (vision_sizes, vision_pretrain, seed, paths["vision_tower"])
-    text = (texts, paths, vocab_size, llm_sizes, llm_pretrain, seed, vision_sizes.grid)
-    if vision_pretrain.steps and llm_pretrain.steps:
-        with beside(train_vision_tower, *tower) as tower_trained:
-            llm_probe = train_tokenizer_and_llm(*text, beside=tower_trained.get)
-        vision_probe = tower_trained.get()
-    else:
+    # The LLM's text pretraining writes a scene position as one colour word and one kind word.
+    make_tokenizer = (texts, vocab_size, [*COLOURS, *SHAPES], paths["tokenizer"])
+    llm = (paths["llm"], llm_sizes, llm_pretrain, seed, vision_sizes.grid)
+    if not (vision_pretrain.steps and llm_pretrain.steps):
         vision_probe = train_vision_tower(*tower)
-        llm_probe = train_tokenizer_and_llm(*text)
-    return paths, {"vision": vision_probe, "llm": llm_probe}
+        llm_probe = train_llm(save_tokenizer(*make_tokenizer), *llm)
+        read = reads_tokenizer(paths["tokenizer"]) if reads_tokenizer else None
+        return paths, {"vision": vision_probe, "llm": llm_probe}, read
+    with beside() as submit:
+        tower_trained = submit(train_vision_tower, *tower)
+        tokenizer = save_tokenizer(*make_tokenizer)
+        reading = submit(reads_tokenizer, paths["tokenizer"]) if reads_tokenizer else None
+
+        def wait_beside() -> None:
+            tower_trained.get()
+            if reading is not None:
+                reading.get()
+
+        llm_probe = train_llm(tokenizer, *llm, beside=wait_beside)
+    read = reading.get() if reading is not None else None
+    return paths, {"vision": tower_trained.get(), "llm": llm_probe}, read
 
 
-def train_tokenizer_and_llm(
-    texts: Iterable[str],
-    paths: dict[str, Path],
-    vocab_size: int,
+def save_tokenizer(texts: Iterable[str], vocab_size: int, words: list[str], out_dir: Path) -> LlamaTokenizer:
+    """`train_tokenizer`, saved in `out_dir`."""
+    tokenizer = train_tokenizer(texts, vocab_size, words=words)
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer
+
+
+def train_llm(
+    tokenizer: LlamaTokenizer,
+    out_dir: Path,
     sizes: LlmSizes,
     spec: LlmPretrainSpec,
     seed: int,
     grid: int,
     beside: Callable[[], object] | None = None,
 ) -> dict[str, float]:
-    """Train the tokenizer, build the LLM and pretrain it (`pretrain_llm`; 0 steps leave it random), save both;
-    returns the LLM's held-out probe accuracies (empty when it did not pretrain)."""
-    # The LLM's text pretraining writes a scene position as one colour word and one kind word.
-    tokenizer = train_tokenizer(texts, vocab_size, words=[*COLOURS, *SHAPES])
+    """Build the LLM, pretrain it (`pretrain_llm`; 0 steps leave it random) and save it with its tokenizer;
+    returns its held-out probe accuracies (empty when it did not pretrain)."""
     llm = build_llm(sizes, tokenizer, seed)
     probes = pretrain_llm(llm, tokenizer, spec, seed, grid, beside) if spec.steps else {}
-    tokenizer.save_pretrained(paths["tokenizer"])
-    llm.save_pretrained(paths["llm"])
-    tokenizer.save_pretrained(paths["llm"])
+    llm.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
     return probes
 
 
