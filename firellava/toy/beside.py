@@ -2,8 +2,8 @@
 
 The toy world trains its vision tower and then its teacher beside the LLM's text pretraining. Their small steps
 gain little from a second core, and the LLM's gain less than twice, so trainings on one core each end sooner than
-one after the other on both (docs/experiments.md sections 24 and 25). The second process logs through this process's handlers, so
-its progress lines reach the console and the run's log as any stage's do.
+one after the other on both (docs/experiments.md sections 24 and 25). The second process logs through this
+process's handlers, so its progress lines reach the console and the run's log as any stage's do.
 """
 
 from __future__ import annotations

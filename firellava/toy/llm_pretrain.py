@@ -100,9 +100,9 @@ class LlmPretrainSpec:
     # splitting a batch's chats in two by length cut the padding for less than the extra pass costs.
     micro_batch: int = 16
     # With trainings beside it in another process (the vision tower's, then the teacher's:
-    # `tiny_models.build_tiny_models`), the first this many steps leave that process one core; then the LLM waits for it and takes every core. A fixed
-    # step, not the moment the other ends: the thread count changes the rounding, and a run must compute the
-    # same model however fast the machine is.
+    # `tiny_models.build_tiny_models`), the first this many steps leave that process one core; then the LLM waits
+    # for it and takes every core. A fixed step, not the moment the others end: the thread count changes the
+    # rounding, and a run must compute the same model however fast the machine is.
     steps_beside: int = 0
     learning_rate: float = 1e-3
     plain_fraction: float = 0.3
