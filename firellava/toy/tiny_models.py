@@ -34,7 +34,7 @@ from transformers import (
 
 from firellava.core.chat_format import IMAGE_TOKEN, segments
 from firellava.core.tokenization import PROBES, SPECIAL_PROBE
-from firellava.toy.beside import beside
+from firellava.toy.beside import beside, here
 from firellava.toy.llm_pretrain import LlmPretrainSpec, pretrain_llm
 from firellava.toy.scenes import COLOURS, SHAPES
 from firellava.toy.vision_pretrain import VisionPretrainSpec, pretrain_vision_tower
@@ -212,32 +212,33 @@ def build_tiny_models(
 
     `reads_tokenizer`: a training that needs the saved tokenizer (the toy teacher), called with its directory.
     When both the tower and the LLM pretrain, the tower and then that training run in a second process on one
-    core while the LLM trains on the others (`beside`; `LlmPretrainSpec.steps_beside`); otherwise one after the
-    other here. Returns the paths, the held-out probe accuracies of the pretrained tower and LLM (`vision`,
+    core while the LLM trains on the others (`beside`; `LlmPretrainSpec.steps_beside`); otherwise here, before
+    the LLM. Returns the paths, the held-out probe accuracies of the pretrained tower and LLM (`vision`,
     `llm`; empty when a pretraining has 0 steps) and what `reads_tokenizer` returned."""
     paths = {"tokenizer": out_dir / "tokenizer", "vision_tower": out_dir / "vision", "llm": out_dir / "llm"}
-    tower = (vision_sizes, vision_pretrain, seed, paths["vision_tower"])
-    # The LLM's text pretraining writes a scene position as one colour word and one kind word.
-    make_tokenizer = (texts, vocab_size, [*COLOURS, *SHAPES], paths["tokenizer"])
-    llm = (paths["llm"], llm_sizes, llm_pretrain, seed, vision_sizes.grid)
-    if not (vision_pretrain.steps and llm_pretrain.steps):
-        vision_probe = train_vision_tower(*tower)
-        llm_probe = train_llm(save_tokenizer(*make_tokenizer), *llm)
-        read = reads_tokenizer(paths["tokenizer"]) if reads_tokenizer else None
-        return paths, {"vision": vision_probe, "llm": llm_probe}, read
-    with beside() as submit:
-        tower_trained = submit(train_vision_tower, *tower)
-        tokenizer = save_tokenizer(*make_tokenizer)
+    alongside = bool(vision_pretrain.steps and llm_pretrain.steps)
+    with beside() if alongside else here() as submit:
+        tower = submit(train_vision_tower, vision_sizes, vision_pretrain, seed, paths["vision_tower"])
+        # The LLM's text pretraining writes a scene position as one colour word and one kind word.
+        tokenizer = save_tokenizer(texts, vocab_size, [*COLOURS, *SHAPES], paths["tokenizer"])
         reading = submit(reads_tokenizer, paths["tokenizer"]) if reads_tokenizer else None
 
         def wait_beside() -> None:
-            tower_trained.get()
+            tower.get()
             if reading is not None:
                 reading.get()
 
-        llm_probe = train_llm(tokenizer, *llm, beside=wait_beside)
+        llm_probe = train_llm(
+            tokenizer,
+            paths["llm"],
+            llm_sizes,
+            llm_pretrain,
+            seed,
+            vision_sizes.grid,
+            beside=wait_beside if alongside else None,
+        )
     read = reading.get() if reading is not None else None
-    return paths, {"vision": tower_trained.get(), "llm": llm_probe}, read
+    return paths, {"vision": tower.get(), "llm": llm_probe}, read
 
 
 def save_tokenizer(texts: Iterable[str], vocab_size: int, words: list[str], out_dir: Path) -> LlamaTokenizer:
