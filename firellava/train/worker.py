@@ -50,11 +50,27 @@ def main(argv: list[str]) -> None:
     )
     job: WorkerJob = build(json.loads(Path(argv[0]).read_text(encoding="utf-8")))
     train_stage(job.stage, job.spec, job.model, job.deepspeed, overwrite=job.overwrite, card=job.card)
-    # Leaving with the process group alive lets its communication threads be torn down during interpreter exit,
-    # which can abort the process (std::terminate) after a finished run.
+    leave()
+
+
+def leave() -> None:
+    """End a finished worker without the interpreter's teardown.
+
+    C++ threads left behind by the communication backends (gloo, DeepSpeed's CPU collectives) are destroyed with
+    the interpreter's static objects, and one still joinable there aborts the process (std::terminate, exit
+    status 250 from the launcher) after the run's outputs are complete. So everything that the teardown would
+    flush is flushed here, and the process leaves at once with status 0.
+    """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    wandb = sys.modules.get("wandb")  # the HF Trainer's run; wandb closes it only at interpreter exit
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
