@@ -6,6 +6,8 @@ import json
 import os
 import random
 import re
+import subprocess
+import sys
 from collections import Counter
 
 import pytest
@@ -246,6 +248,28 @@ def test_batch_plan_and_local_rank(monkeypatch):
     assert consume_local_rank(["w", "--local_rank=1", "a=b"]) == ["w", "a=b"]
     assert consume_local_rank(["w", "--local_rank", "0", "x=y"]) == ["w", "x=y"]
     assert os.environ["LOCAL_RANK"] == "1"  # the first one set it; setdefault keeps a launcher's value
+
+
+LEAVE = """
+import logging, os, sys, torch.distributed as dist
+from firellava.train.worker import leave
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+dist.all_reduce(__import__("torch").ones(1))
+logging.getLogger("w").info("logged before leaving")
+print("printed before leaving", end="")  # no newline: only an explicit flush writes it to the pipe
+leave()
+print("never reached")
+"""
+
+
+def test_a_finished_worker_leaves_with_status_0_and_its_output_flushed(tmp_path):
+    store = tmp_path / "store"
+    done = subprocess.run(
+        [sys.executable, "-c", LEAVE, str(store)], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "logged before leaving\nprinted before leaving"
 
 
 def test_records_longer_than_max_length_are_named_before_training(tmp_path, tiny_llava, caplog):
