@@ -251,11 +251,11 @@ def test_batch_plan_and_local_rank(monkeypatch):
 
 
 LEAVE = """
-import logging, os, sys, torch.distributed as dist
+import logging, sys, torch, torch.distributed as dist
 from firellava.train.worker import leave
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
 dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
-dist.all_reduce(__import__("torch").ones(1))
+dist.all_reduce(torch.ones(1))
 logging.getLogger("w").info("logged before leaving")
 print("printed before leaving", end="")  # no newline: only an explicit flush writes it to the pipe
 leave()

@@ -56,10 +56,10 @@ def main(argv: list[str]) -> None:
 def leave() -> None:
     """End a finished worker without the interpreter's teardown.
 
-    C++ threads left behind by the communication backends (gloo, DeepSpeed's CPU collectives) are destroyed with
-    the interpreter's static objects, and one still joinable there aborts the process (std::terminate, exit
-    status 250 from the launcher) after the run's outputs are complete. So everything that the teardown would
-    flush is flushed here, and the process leaves at once with status 0.
+    A finished ZeRO-3 worker, its outputs complete and its process group destroyed, was seen to abort in that
+    teardown ("terminate called without an active exception": a C++ thread still joinable when static objects
+    are destroyed), and the launcher then failed the whole run. So what the teardown would flush is flushed
+    here, and the process leaves at once with status 0.
     """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
