@@ -109,11 +109,15 @@ def _class_weights(classes: int) -> torch.Tensor:
     return weights
 
 
+# The per-patch heads' class weights, built once rather than at every step.
+PATCH_CLASS_WEIGHTS = {"colour": _class_weights(1 + len(COLOURS)), "kind": _class_weights(1 + len(SHAPES))}
+
+
 def _loss(out: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
     ce = nn.functional.cross_entropy
     per_patch = sum(
-        ce(out[k].flatten(0, 1), labels[k].flatten(), weight=_class_weights(out[k].shape[-1]))
-        for k in ("colour", "kind")
+        ce(out[k].flatten(0, 1), labels[k].flatten(), weight=weight)
+        for k, weight in PATCH_CLASS_WEIGHTS.items()
     )
     return (
         nn.functional.binary_cross_entropy_with_logits(out["pairs"], labels["pairs"])
