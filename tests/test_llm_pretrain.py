@@ -4,6 +4,7 @@ the image's place, and a run that changes the model and lowers its loss."""
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import replace
 
 import pytest
@@ -88,6 +89,18 @@ def test_chat_example_puts_the_scene_where_the_image_goes_and_supervises_answers
     assert SHORT_ANSWER in text and "What color is the triangle?" in text
     answers = supervised_text(tok, ids, labels)
     assert "yes" in answers and "blue" in answers and "circle" not in answers
+
+
+def test_kind_first_captions_take_their_fraction_of_the_plain_examples_and_leave_the_rest_unchanged(tok):
+    def captions(fraction):
+        spec = LlmPretrainSpec(steps=10, batch_size=20, plain_fraction=1.0, kind_first_captions=fraction)
+        return [supervised_text(tok, e.input_ids, e.labels) for e in _examples(spec, tok, seed=3, grid=GRID)]
+
+    kind_first = re.compile(r"^(circle|square|triangle) [a-z]+(, (circle|square|triangle) [a-z]+)*\n$")
+    assert not any(kind_first.match(c) for c in captions(0.0))
+    assert all(kind_first.match(c) for c in captions(1.0))
+    some = sum(bool(kind_first.match(c)) for c in captions(0.5))
+    assert 70 <= some <= 130, some
 
 
 def test_examples_never_outnumber_what_training_draws(tok):

@@ -188,6 +188,29 @@ def test_bound_existence_says_no_only_where_both_words_are_in_the_scene_apart():
     assert min(answers.values()) > 0.35 * sum(answers.values()), answers
 
 
+def test_bound_colour_questions_name_a_shape_beside_another_colour_and_kind_first_captions_pair_them():
+    rng = random.Random(3)
+    asked = 0
+    for i in range(300):
+        scene = sample_scene(rng, i)
+        assert lang.kind_first_caption(scene) == ", ".join(
+            f"{s.kind} {s.colour}" for s in lang.left_to_right(scene.shapes)
+        )
+        qa = lang.colour_bound_qa(scene, rng)
+        if qa is None:
+            assert all(
+                sum(o.kind == s.kind for o in scene.shapes) > 1
+                or {o.colour for o in scene.shapes} == {s.colour}
+                for s in scene.shapes
+            )
+            continue
+        kind = re.search(r"circle|square|triangle", qa[0]).group()
+        assert [s.colour for s in scene.shapes if s.kind == kind] == [qa[1]]
+        assert any(s.colour != qa[1] for s in scene.shapes)
+        asked += 1
+    assert asked > 60, asked
+
+
 # --- files --------------------------------------------------------------------------------------------------
 
 

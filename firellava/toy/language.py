@@ -216,6 +216,13 @@ def brief_caption(scene: Scene, rng: random.Random) -> str:
     return rng.choice(options)
 
 
+def kind_first_caption(scene: Scene) -> str:
+    """Each shape's kind, then its colour, left to right ("circle red, square blue"). Written right after the kind,
+    the colour is predicted at the kind's own position: brief captions train the lookup from a colour to its shape
+    that way ("red" -> "circle"), and this trains the one from a kind to its colour (docs/experiments.md)."""
+    return ", ".join(f"{s.kind} {s.colour}" for s in left_to_right(scene.shapes))
+
+
 def textcaps_caption(scene: Scene, rng: random.Random) -> str:
     """One sentence that mentions the written word, as TextCaps captions do."""
     if scene.word is None or scene.word_box is None:
@@ -234,15 +241,32 @@ def textcaps_caption(scene: Scene, rng: random.Random) -> str:
 # --- short-answer questions (VQAv2, GQA, OKVQA, OCR-VQA styles) ---------------------------------------------
 
 
+def _colour_question(shape: Shape, rng: random.Random) -> QA:
+    q = rng.choice(
+        ["What color is the {k}?", "What is the color of the {k}?", "Which color does the {k} have?"]
+    )
+    return q.format(k=shape.kind), shape.colour
+
+
 def colour_qa(scene: Scene, rng: random.Random) -> QA | None:
     targets = [s for s in scene.shapes if sum(o.kind == s.kind for o in scene.shapes) == 1]
     if not targets:
         return None
-    s = rng.choice(targets)
-    q = rng.choice(
-        ["What color is the {k}?", "What is the color of the {k}?", "Which color does the {k} have?"]
-    )
-    return q.format(k=s.kind), s.colour
+    return _colour_question(rng.choice(targets), rng)
+
+
+def colour_bound_qa(scene: Scene, rng: random.Random) -> QA | None:
+    """`colour_qa` about a shape beside another of a different colour: naming any colour of the scene is no longer
+    enough, only the colour of the kind named is. None where the scene has no such shape."""
+    targets = [
+        s
+        for s in scene.shapes
+        if sum(o.kind == s.kind for o in scene.shapes) == 1
+        and any(o.colour != s.colour for o in scene.shapes)
+    ]
+    if not targets:
+        return None
+    return _colour_question(rng.choice(targets), rng)
 
 
 def shape_qa(scene: Scene, rng: random.Random) -> QA | None:

@@ -19,8 +19,10 @@ projector alignment has a short way to go. After the same finetuning, this layou
 
 Binding an answer to the object a question names came with 8 heads (`toy_world.llm.heads`; 32 wide each, as
 vLLM requires, so wider together than the model) and more colour and shape questions: "what shape is red?" is
-answered from the red shape. The other direction, "what color is the circle?", is not learned yet: the answer
-is one of the scene's colours, whichever (docs/experiments.md).
+answered from the red shape. The other direction, "what color is the circle?", is not learned within the demo's
+steps: the answer is one of the scene's colours, whichever. Brief captions teach the first direction at the
+colour word itself (after "red" comes the red shape's kind); captions that name the kind first
+(`kind_first_captions`) teach the second the same way, but so far at the cost of existence (docs/experiments.md).
 
 No image is involved, so reading images is still learned by the pipeline's own stages.
 """
@@ -106,6 +108,8 @@ class LlmPretrainSpec:
     steps_beside: int = 0
     learning_rate: float = 1e-3
     plain_fraction: float = 0.3
+    # Of the `plain` examples, the fraction captioned kind first ("circle red, square blue": `kind_first_caption`).
+    kind_first_captions: float = 0.0
     max_turns: int = 4
 
 
@@ -161,13 +165,17 @@ def _with_scene(
 
 
 def plain_example(
-    scene: Scene, rng: random.Random, tokenizer: PreTrainedTokenizerFast, grid: int
+    scene: Scene,
+    rng: random.Random,
+    tokenizer: PreTrainedTokenizerFast,
+    grid: int,
+    *,
+    kind_first: bool = False,
 ) -> SceneExample:
-    """`<s>` + scene (context) + caption + newline (supervised): the `plain` template of projector pretraining."""
-    turns = [
-        {"from": "human", "value": IMAGE_TOKEN},
-        {"from": "gpt", "value": lang.brief_caption(scene, rng)},
-    ]
+    """`<s>` + scene (context) + caption + newline (supervised): the `plain` template of projector pretraining.
+    The caption is a brief one, or with `kind_first` the `kind_first_caption`."""
+    caption = lang.kind_first_caption(scene) if kind_first else lang.brief_caption(scene, rng)
+    turns = [{"from": "human", "value": IMAGE_TOKEN}, {"from": "gpt", "value": caption}]
     return _with_scene(turns, "plain", scene, tokenizer, grid)
 
 
@@ -193,7 +201,9 @@ def _examples(
     for i in range(min(spec.examples, spec.steps * spec.batch_size)):  # never more than training can draw
         scene = sample_scene(rng, SCENE_ID_BASE + i)
         if rng.random() < spec.plain_fraction:
-            out.append(plain_example(scene, rng, tokenizer, grid))
+            # No draw when the fraction is 0, so that the examples stay those of a spec without it.
+            kind_first = spec.kind_first_captions > 0 and rng.random() < spec.kind_first_captions
+            out.append(plain_example(scene, rng, tokenizer, grid, kind_first=kind_first))
         else:
             # Every generator drawn may not apply to this scene; existence and count always do, so this ends.
             qas: list[lang.QA] = []
