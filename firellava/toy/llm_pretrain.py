@@ -19,10 +19,10 @@ projector alignment has a short way to go. After the same finetuning, this layou
 
 Binding an answer to the object a question names came with 8 heads (`toy_world.llm.heads`; 32 wide each, as
 vLLM requires, so wider together than the model) and more colour and shape questions: "what shape is red?" is
-answered from the red shape. The other direction, "what color is the circle?", is not learned within the demo's
-steps: the answer is one of the scene's colours, whichever. Brief captions teach the first direction at the
-colour word itself (after "red" comes the red shape's kind); captions that name the kind first
-(`kind_first_captions`) teach the second the same way, but so far at the cost of existence (docs/experiments.md).
+answered from the red shape. Brief captions teach that lookup at the colour word itself: after "red" comes the red
+shape's kind. Nothing taught the other direction, and "what color is the circle?" got the colour of whichever
+shape; captions that name the kind first ("circle red, square blue": `kind_first_captions`) teach it the same
+way, at the kind word (docs/experiments.md section 28).
 
 No image is involved, so reading images is still learned by the pipeline's own stages.
 """
