@@ -91,7 +91,7 @@ def test_chat_example_puts_the_scene_where_the_image_goes_and_supervises_answers
     assert "yes" in answers and "blue" in answers and "circle" not in answers
 
 
-def test_kind_first_captions_take_their_fraction_of_the_plain_examples_and_leave_the_rest_unchanged(tok):
+def test_kind_first_captions_take_their_fraction_of_the_plain_examples(tok):
     def captions(fraction):
         spec = LlmPretrainSpec(steps=10, batch_size=20, plain_fraction=1.0, kind_first_captions=fraction)
         return [supervised_text(tok, e.input_ids, e.labels) for e in _examples(spec, tok, seed=3, grid=GRID)]
