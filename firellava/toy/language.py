@@ -248,8 +248,13 @@ def _colour_question(shape: Shape, rng: random.Random) -> QA:
     return q.format(k=shape.kind), shape.colour
 
 
+def _only_of_their_kind(scene: Scene) -> list[Shape]:
+    """The shapes a colour question can name by kind alone."""
+    return [s for s in scene.shapes if sum(o.kind == s.kind for o in scene.shapes) == 1]
+
+
 def colour_qa(scene: Scene, rng: random.Random) -> QA | None:
-    targets = [s for s in scene.shapes if sum(o.kind == s.kind for o in scene.shapes) == 1]
+    targets = _only_of_their_kind(scene)
     if not targets:
         return None
     return _colour_question(rng.choice(targets), rng)
@@ -258,12 +263,7 @@ def colour_qa(scene: Scene, rng: random.Random) -> QA | None:
 def colour_bound_qa(scene: Scene, rng: random.Random) -> QA | None:
     """`colour_qa` about a shape beside another of a different colour: naming any colour of the scene is no longer
     enough, only the colour of the kind named is. None where the scene has no such shape."""
-    targets = [
-        s
-        for s in scene.shapes
-        if sum(o.kind == s.kind for o in scene.shapes) == 1
-        and any(o.colour != s.colour for o in scene.shapes)
-    ]
+    targets = [s for s in _only_of_their_kind(scene) if any(o.colour != s.colour for o in scene.shapes)]
     if not targets:
         return None
     return _colour_question(rng.choice(targets), rng)
