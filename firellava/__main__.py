@@ -9,6 +9,7 @@ import hydra
 from omegaconf import DictConfig
 
 from firellava.config import CONF_DIR
+from firellava.core.allocator import restart_with_tuned_malloc
 from firellava.stages import run_stages
 
 
@@ -18,4 +19,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    restart_with_tuned_malloc()
     sys.exit(main())

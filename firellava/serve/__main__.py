@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from firellava.config import CONF_DIR, build
+from firellava.core.allocator import restart_with_tuned_malloc
 from firellava.serve.app import run_server
 from firellava.serve.settings import ServerSettings
 
@@ -29,4 +30,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    restart_with_tuned_malloc()
     sys.exit(main())
