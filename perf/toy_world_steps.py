@@ -3,8 +3,9 @@
 For the toy LLM's text pretraining it prints, in one run: building one example, the mean sequence length, one
 training step at the configured batch with 1 and 2 torch threads (one padded batch through HF's loss; one
 micro-batch per template; the stage's step, which runs micro-batches of one template and like length; both run
-the positions their examples share once and the LM head on supervised positions only; the three in rounds of
-alternating order on the same batches), and one held-out probe
+the positions their examples share once and the LM head on supervised positions only; at 2 threads also the
+stage's step split between this process and a helper process of one thread each, as the stage runs it from
+`steps_beside` on; all in rounds of alternating order on the same batches), and one held-out probe
 (the run logs one every `PROBE_EVERY` steps); for the tower, one training step. CPU time (`time.process_time`)
 is printed beside wall time because the machine may be shared; the ratios are what to compare.
 
@@ -14,6 +15,7 @@ is printed beside wall time because the machine may be shared; the ratios are wh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import time
 
@@ -21,6 +23,7 @@ import torch
 from toy_setup import demo_toy_world, world_tokenizer  # perf/, next to this script
 
 from firellava.toy import llm_pretrain as lp
+from firellava.toy import shared_batches
 from firellava.toy.tiny_models import build_llm, build_vision_tower
 
 
@@ -91,13 +94,26 @@ def main() -> None:
     }
     for threads in (1, 2):
         torch.set_num_threads(threads)
-        base = None
-        for name, (wall, cpu) in alternated(steps, examples, pre.batch_size, args.steps, args.rounds).items():
-            base = base or wall
-            print(
-                f"  {name}, {threads} thread(s): {wall:.3f} s wall, {cpu:.3f} s cpu ({base / wall:.2f}x); "
-                f"{pre.steps} steps: {pre.steps * wall / 60:.1f} min wall"
-            )
+        with contextlib.ExitStack() as stack:
+            if threads == 2:
+                other = stack.enter_context(shared_batches.helper(llm, 1, 0, pre.micro_batch))
+
+                def shared_step(batch: list[lp.SceneExample], other: shared_batches.Helper = other) -> None:
+                    torch.set_num_threads(1)
+                    optimizer.zero_grad(set_to_none=True)
+                    lp._accumulate(llm, batch, 0, pre.micro_batch, other)
+                    optimizer.step()
+                    torch.set_num_threads(2)
+
+                steps["the stage's step in two processes of one thread (shared_batches)"] = shared_step
+            base = None
+            measured = alternated(steps, examples, pre.batch_size, args.steps, args.rounds)
+            for name, (wall, cpu) in measured.items():
+                base = base or wall
+                print(
+                    f"  {name}, {threads} thread(s): {wall:.3f} s wall, {cpu:.3f} s cpu (this process; "
+                    f"{base / wall:.2f}x); {pre.steps} steps: {pre.steps * wall / 60:.1f} min wall"
+                )
     wall, cpu = timed(lambda: lp.probe(llm, tokenizer, 0, grid), 1)
     print(
         f"  one held-out probe: {wall:.2f} s wall, {cpu:.2f} s cpu ({pre.steps // lp.PROBE_EVERY} in a run)"

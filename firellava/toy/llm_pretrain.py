@@ -29,6 +29,7 @@ No image is involved, so reading images is still learned by the pipeline's own s
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import random
@@ -42,6 +43,7 @@ from firellava.core.chat_format import IGNORE_INDEX, IMAGE_TOKEN, encode
 from firellava.core.instructions import SHORT_ANSWER
 from firellava.core.progress import Progress
 from firellava.toy import language as lang
+from firellava.toy import shared_batches
 from firellava.toy.scenes import COLOURS, SHAPES, Scene, sample_scene
 from firellava.toy.vision_pretrain import NONE, centre_labels
 from firellava.train.loss import predicts_a_label, supervised_cross_entropy
@@ -111,6 +113,9 @@ class LlmPretrainSpec:
     # Of the `plain` examples, the fraction captioned kind first ("circle red, square blue": `kind_first_caption`).
     kind_first_captions: float = 0.0
     max_turns: int = 4
+    # Processes that compute each batch from step `steps_beside` on (`shared_batches`): with 2, a second process
+    # computes half of every batch, and the cores are split between the two.
+    processes: int = 1
 
 
 def word_id(tokenizer: PreTrainedTokenizerFast, word: str) -> int:
@@ -297,14 +302,24 @@ def micro_batches(examples: Sequence[SceneExample], size: int) -> list[list[Scen
     return out
 
 
+def supervised_items(examples: Sequence[SceneExample]) -> int:
+    """The supervised tokens of the examples: what a batch's mean loss divides by."""
+    return sum(label != IGNORE_INDEX for e in examples for label in e.labels[1:])
+
+
 def accumulate_batch(
-    llm: LlamaForCausalLM, examples: Sequence[SceneExample], pad_id: int, micro_batch: int
+    llm: LlamaForCausalLM,
+    examples: Sequence[SceneExample],
+    pad_id: int,
+    micro_batch: int,
+    items: int | None = None,
 ) -> float:
     """Backpropagate the mean loss over the batch's supervised tokens, computed in `micro_batches` of at most
     `micro_batch` examples (`supervised_loss`). The summed gradient is that of the batch padded as one: the
     batch's draw is random as before (batches grouped by length learned more slowly, docs/experiments.md); what
-    each micro-batch computes shrinks. Returns the loss."""
-    items = sum(label != IGNORE_INDEX for e in examples for label in e.labels[1:])
+    each micro-batch computes shrinks. `items`: divide by this many tokens instead (the examples are part of a
+    batch: `shared_batches`). Returns the loss."""
+    items = supervised_items(examples) if items is None else items
     total = 0.0
     for group in micro_batches(examples, micro_batch):
         loss = supervised_loss(llm, group, pad_id, items)
@@ -349,7 +364,8 @@ def pretrain_llm(
 ) -> dict[str, float]:
     """Train `llm` in place on toy text, scenes laid out on a `grid` x `grid` patch grid; returns its held-out
     accuracies (`probe`). `beside`: waits for a process that trains on one core meanwhile; the first
-    `spec.steps_beside` steps leave it that core."""
+    `spec.steps_beside` steps leave it that core. After them, with `spec.processes` 2, a helper process computes
+    half of each batch (`shared_batches`)."""
     cores = torch.get_num_threads()
     if beside is not None:
         torch.set_num_threads(max(1, cores - 1))
@@ -378,23 +394,46 @@ def _train(
     )
     rng = random.Random(f"llm-pretrain/{seed}/batches")
     progress = Progress("tiny LLM pretraining", spec.steps * spec.batch_size, unit="examples")
-    for step in range(1, spec.steps + 1):
-        if beside is not None and step > spec.steps_beside:
-            beside()
-            beside = None
-            torch.set_num_threads(cores)
-        llm.train()
-        # Random batches, not batches of like length: grouping by length cut the padding but also made each
-        # batch one kind of example, and the probe stayed near chance twice as long (docs/experiments.md).
-        optimizer.zero_grad(set_to_none=True)
-        loss = accumulate_batch(llm, rng.sample(examples, spec.batch_size), pad_id, spec.micro_batch)
-        optimizer.step()
-        schedule.step()
-        progress.update(spec.batch_size, extra=f"step {step}/{spec.steps}, loss {loss:.3f}")
-        if step % PROBE_EVERY == 0 or step == spec.steps:
-            metrics = probe(llm, tokenizer, seed, grid)
-            log.info("tiny LLM step %d/%d: held-out %s", step, spec.steps, metrics)
+    helper: shared_batches.Helper | None = None
+    with contextlib.ExitStack() as stack:
+        for step in range(1, spec.steps + 1):
+            if step == spec.steps_beside + 1 and spec.processes > 1 and cores > 1:
+                # Started before the wait below, so that it starts up while the LLM waits.
+                helper = stack.enter_context(shared_batches.helper(llm, cores // 2, pad_id, spec.micro_batch))
+            if beside is not None and step > spec.steps_beside:
+                beside()
+                beside = None
+            if step == spec.steps_beside + 1:
+                torch.set_num_threads(cores - cores // 2 if helper else cores)
+            llm.train()
+            # Random batches, not batches of like length: grouping by length cut the padding but also made each
+            # batch one kind of example, and the probe stayed near chance twice as long (docs/experiments.md).
+            optimizer.zero_grad(set_to_none=True)
+            loss = _accumulate(llm, rng.sample(examples, spec.batch_size), pad_id, spec.micro_batch, helper)
+            optimizer.step()
+            schedule.step()
+            progress.update(spec.batch_size, extra=f"step {step}/{spec.steps}, loss {loss:.3f}")
+            if step % PROBE_EVERY == 0 or step == spec.steps:
+                metrics = probe(llm, tokenizer, seed, grid)
+                log.info("tiny LLM step %d/%d: held-out %s", step, spec.steps, metrics)
     progress.close()
     if beside is not None:
         beside()
     return metrics
+
+
+def _accumulate(
+    llm: LlamaForCausalLM,
+    batch: Sequence[SceneExample],
+    pad_id: int,
+    micro_batch: int,
+    helper: shared_batches.Helper | None,
+) -> float:
+    """`accumulate_batch`, with half of the batch computed by `helper` where there is one (`deal`)."""
+    if helper is None:
+        return accumulate_batch(llm, batch, pad_id, micro_batch)
+    items = supervised_items(batch)
+    mine, theirs = shared_batches.deal(batch)
+    helper.start(theirs, items)
+    loss = accumulate_batch(llm, mine, pad_id, micro_batch, items=items)
+    return loss + helper.add_gradient(llm)
