@@ -4,6 +4,7 @@ dealt evenly."""
 
 from __future__ import annotations
 
+import multiprocessing
 from dataclasses import replace
 
 import pytest
@@ -74,3 +75,14 @@ def test_pretraining_with_a_helper_is_the_one_process_training_up_to_rounding_an
     for a, b in zip(alone, shared):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
     assert all(torch.equal(a, b) for a, b in zip(shared, again))
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="a helper needs a second core")
+def test_the_helper_starts_up_while_the_llm_waits_for_the_training_beside_it_and_stops_at_the_end(tok):
+    llm = build_llm(replace(toy_world_spec().llm, layers=1), tok, seed=0)
+    before = set(multiprocessing.active_children())
+    waits = []
+    spec = LlmPretrainSpec(steps=3, batch_size=4, steps_beside=1, processes=2)
+    pretrain_llm(llm, tok, spec, 0, GRID, beside=lambda: waits.append(set(multiprocessing.active_children())))
+    assert len(waits) == 1 and len(waits[0] - before) == 1  # one helper, already started at the wait
+    assert set(multiprocessing.active_children()) == before
