@@ -20,9 +20,14 @@ import subprocess
 import sys
 import time
 
-from toy_setup import REPO, demo_toy_world, world_tokenizer  # perf/, next to this script
+from toy_setup import (  # perf/, next to this script
+    REPO,
+    demo_toy_world,
+    pretraining_examples,
+    world_tokenizer,
+)
 
-from firellava.core.allocator import TUNED_MALLOC, uses_glibc
+from firellava.core.allocator import TUNED_MALLOC, tuned_environment, uses_glibc
 
 DEFAULTS = "glibc defaults"
 TUNED = "firellava.core.allocator"
@@ -30,7 +35,7 @@ TUNED = "firellava.core.allocator"
 
 def environment(setting: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in TUNED_MALLOC}
-    return {**env, **TUNED_MALLOC} if setting == TUNED else env
+    return tuned_environment(env) if setting == TUNED else env
 
 
 def worker(steps: int, threads: int) -> None:
@@ -43,8 +48,7 @@ def worker(steps: int, threads: int) -> None:
     spec = demo_toy_world("toy_world.coco_images=24", "toy_world.pretrain_images=24")
     tokenizer = world_tokenizer(spec)
     pre = spec.llm_pretrain
-    example_spec = lp.LlmPretrainSpec(steps=1, batch_size=256, plain_fraction=pre.plain_fraction)
-    examples = lp._examples(example_spec, tokenizer, 0, spec.vision.grid)
+    examples = pretraining_examples(spec, tokenizer, 256)
     llm = build_llm(spec.llm, tokenizer, spec.seed)
     optimizer = torch.optim.AdamW(llm.parameters(), lr=pre.learning_rate)
     batches = [random.Random(i).sample(examples, pre.batch_size) for i in range(steps + 2)]

@@ -37,3 +37,11 @@ def world_tokenizer(spec: ToyWorldSpec):
             per_source=dict(spec.per_source),
         )
         return train_tokenizer(corpus(data), spec.vocab_size, words=[*COLOURS, *SHAPES])
+
+
+def pretraining_examples(spec: ToyWorldSpec, tokenizer, n: int) -> list:
+    """`n` of the toy LLM's text-pretraining examples for `spec`, drawn with seed 0."""
+    from firellava.toy.llm_pretrain import LlmPretrainSpec, _examples
+
+    example_spec = LlmPretrainSpec(steps=1, batch_size=n, plain_fraction=spec.llm_pretrain.plain_fraction)
+    return _examples(example_spec, tokenizer, 0, spec.vision.grid)

@@ -20,7 +20,7 @@ import random
 import time
 
 import torch
-from toy_setup import demo_toy_world, world_tokenizer  # perf/, next to this script
+from toy_setup import demo_toy_world, pretraining_examples, world_tokenizer  # perf/, next to this script
 
 from firellava.toy import llm_pretrain as lp
 from firellava.toy import shared_batches
@@ -63,9 +63,8 @@ def main() -> None:
     grid = spec.vision.grid
     pre = spec.llm_pretrain
     n = 256
-    example_spec = lp.LlmPretrainSpec(steps=1, batch_size=n, plain_fraction=pre.plain_fraction)
-    wall, cpu = timed(lambda: lp._examples(example_spec, tokenizer, 0, grid), 1)
-    examples = lp._examples(example_spec, tokenizer, 0, grid)
+    wall, cpu = timed(lambda: pretraining_examples(spec, tokenizer, n), 1)
+    examples = pretraining_examples(spec, tokenizer, n)
     lengths = [len(e.input_ids) for e in examples]
     print(f"vocab {len(tokenizer)}; LLM pretraining: {pre.steps} steps of {pre.batch_size}")
     print(f"  building one example: {1e3 * wall / n:.2f} ms wall, {1e3 * cpu / n:.2f} ms cpu")

@@ -11,7 +11,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from firellava.toy.llm_pretrain import LlmPretrainSpec, _examples, accumulate_batch, pretrain_llm
+from firellava.toy.llm_pretrain import (
+    LlmPretrainSpec,
+    _examples,
+    accumulate_batch,
+    pretrain_llm,
+    supervised_items,
+)
 from firellava.toy.shared_batches import deal, helper
 from firellava.toy.tiny_models import build_llm
 from tests.conftest import toy_world_spec
@@ -44,7 +50,7 @@ def test_the_helper_computes_its_share_of_the_batch_gradient_with_this_process_s
     with helper(llm, threads=1, pad_id=pad, micro_batch=8) as other:
         for _ in range(2):  # the second time after the weights changed here
             llm.zero_grad(set_to_none=True)
-            items = sum(label != -100 for e in batch for label in e.labels[1:])
+            items = supervised_items(batch)
             mine, theirs = deal(batch)
             other.start(theirs, items)
             loss = accumulate_batch(llm, mine, pad, 8, items=items) + other.add_gradient(llm)

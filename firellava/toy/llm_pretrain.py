@@ -397,13 +397,15 @@ def _train(
     helper: shared_batches.Helper | None = None
     with contextlib.ExitStack() as stack:
         for step in range(1, spec.steps + 1):
-            if step == spec.steps_beside + 1 and spec.processes > 1 and cores > 1:
-                # Started before the wait below, so that it starts up while the LLM waits.
-                helper = stack.enter_context(shared_batches.helper(llm, cores // 2, pad_id, spec.micro_batch))
-            if beside is not None and step > spec.steps_beside:
-                beside()
-                beside = None
             if step == spec.steps_beside + 1:
+                if spec.processes > 1 and cores > 1:
+                    # Started before the wait below, so that it starts up while the LLM waits.
+                    helper = stack.enter_context(
+                        shared_batches.helper(llm, cores // 2, pad_id, spec.micro_batch)
+                    )
+                if beside is not None:
+                    beside()
+                    beside = None
                 torch.set_num_threads(cores - cores // 2 if helper else cores)
             llm.train()
             # Random batches, not batches of like length: grouping by length cut the padding but also made each

@@ -2,9 +2,10 @@
 
 The toy LLM's step is many small matrix products, and a second torch thread speeds it up far less than twice
 (`perf/toy_world_steps.py`). Two processes with their own threads, each computing half of a batch, were
-faster under the entries' allocator settings and not under glibc's defaults (docs/experiments.md section 29). The helper's replica reads this process's parameters from shared memory, so
-after the optimizer's step here it computes with the new values; no weights travel. Per step, only its examples
-go to it and its summed gradient comes back, through a shared buffer.
+faster under the entries' allocator settings and not under glibc's defaults (docs/experiments.md section 29).
+The helper's replica reads this process's parameters from shared memory, so after the optimizer's step here it
+computes with the new values; no weights travel. Per step, only its examples go to it and its summed gradient
+comes back, through a shared buffer.
 
 The split and the order of every sum are fixed (`deal`; this process's micro-batches, then the helper's), so a
 run computes the same model every time on a given machine and thread count.
