@@ -4,12 +4,17 @@ plain transformers and generates; a finished stage is not silently redone."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -22,13 +27,15 @@ from firellava.train.launch import run_finetune, run_pretrain
 from tests.llava_helpers import load_llava, render
 from tests.wandb_helpers import offline_runs
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SHM = Path("/dev/shm")
 STARTED = time.time()
 
 
-def tiny_cfg(world: dict, out: Path, *extra: str):
+def tiny_overrides(world: dict, out: Path, *extra: str) -> list[str]:
     root = Path(world["dir"])
-    overrides = [
+    return [
         "experiment=demo",
         f"paths.output_dir={out}",
         f"paths.data_root={root}/data",
@@ -46,8 +53,11 @@ def tiny_cfg(world: dict, out: Path, *extra: str):
         "train.finetune.epochs=1",
         *extra,
     ]
+
+
+def tiny_cfg(world: dict, out: Path, *extra: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name="config", overrides=tiny_overrides(world, out, *extra))
 
 
 # Both stages keep a checkpoint of each of their last two steps: the resume tests restart from them.
@@ -78,17 +88,67 @@ def test_trainer_logs_curves_to_wandb_and_trainer_state(stages):
         assert [e["loss"] for e in state["log_history"] if "loss" in e] == pytest.approx(losses, abs=1e-6)
 
 
+def shm_buffers(since: float, port: int | str = "*") -> list[str]:
+    """DeepSpeed's CPU allreduce buffers of this user (and the run on `port`) created since `since`."""
+    pattern = f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"
+    return [p.name for p in SHM.glob(pattern) if p.stat().st_mtime >= since]
+
+
 def test_cpu_runs_leave_no_shared_memory_behind(stages):
     """DeepSpeed's CPU collectives never unlink their per-rank /dev/shm buffers; the launcher removes them."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir():
+    if not SHM.is_dir():
         pytest.skip("no /dev/shm on this machine")
-    left = [
-        p.name
-        for p in shm.glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*")
-        if p.stat().st_mtime >= STARTED
-    ]
-    assert left == []
+    assert shm_buffers(STARTED) == []
+
+
+def _launched(root: psutil.Process) -> tuple[list[psutil.Process], int | None]:
+    """The training workers under `root` and the launcher's master port."""
+    workers, port = [], None
+    for child in root.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            cmd = child.cmdline()
+            # the launcher's own command names the module too, after --module
+            if "firellava.train.worker" in cmd and cmd[cmd.index("firellava.train.worker") - 1] == "-m":
+                workers.append(child)
+            if "--master_port" in cmd:
+                port = int(cmd[cmd.index("--master_port") + 1])
+    return workers, port
+
+
+def test_a_stopped_run_stops_the_launcher_and_its_workers(toy_world, tmp_path):
+    """SIGTERM to `python -m firellava` (`kill`, a scheduler's stop) during a training stage: the run exits with
+    128 + SIGTERM, and no DeepSpeed launcher, worker or shared-memory buffer is left behind."""
+    if not SHM.is_dir():
+        pytest.skip("no /dev/shm on this machine")
+    started = time.time()
+    overrides = tiny_overrides(toy_world, tmp_path, "stages=[pretrain]", "train.pretrain.epochs=10000")
+    run = subprocess.Popen(
+        [sys.executable, "-m", "firellava", *overrides],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        main = psutil.Process(run.pid)
+        deadline = time.time() + 180
+        # Training has begun once both workers run and their collectives made their buffers.
+        while True:
+            workers, port = _launched(main)
+            if len(workers) == 2 and port is not None and len(shm_buffers(started, port)) == 2:
+                break
+            assert run.poll() is None and time.time() < deadline, "the training stage did not start"
+            time.sleep(0.5)
+        tree = main.children(recursive=True)
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=120) == 128 + signal.SIGTERM
+    finally:
+        if run.poll() is None:  # the test failed: leave nothing running
+            for process in [*main.children(recursive=True), main]:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+    _, alive = psutil.wait_procs(tree, timeout=15)
+    assert alive == [], [p.pid for p in alive]
+    assert shm_buffers(started, port) == []
 
 
 def test_pretrain_zero2_trains_only_the_projector(stages, toy_world):

@@ -10,13 +10,16 @@ worker's whole result (`train_result.json`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ from firellava.train.terms import check_terms
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 SHM_DIR = Path("/dev/shm")
+STOP_GRACE_S = 30.0  # for the launcher to end its workers when this process is stopped
 
 
 def remove_shm_buffers(port: int, shm_dir: Path = SHM_DIR) -> None:
@@ -63,6 +67,39 @@ def launcher_command(train: TrainSpec, job_file: Path, port: int) -> list[str]:
         str(job_file),
     ]
     return cmd
+
+
+def run_launcher(cmd: list[str], env: dict[str, str], grace_s: float = STOP_GRACE_S) -> int:
+    """Run the deepspeed launcher to its end and return its exit status.
+
+    It runs in a process group of its own, with its workers. If this process is stopped first (an exception:
+    Ctrl-C, or SIGTERM through the entry's handler), the whole group gets SIGTERM and `grace_s` to end before it
+    is killed: on one node the launcher passes no signal on to its workers, so stopping it alone would leave them
+    training, and their shared-memory buffers behind."""
+    process = subprocess.Popen(cmd, env=env, cwd=os.getcwd(), start_new_session=True)
+    try:
+        return process.wait()
+    except BaseException:
+        stop_group(process, grace_s)
+        raise
+
+
+def stop_group(process: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM to `process`'s group (it leads one: `start_new_session`), then SIGKILL to what is left of it after
+    `grace_s`."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        process.poll()  # reaps the leader, which would otherwise keep the group alive as a zombie
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def launch(
@@ -107,7 +144,7 @@ def launch(
         env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
     log.info("%s: %s", stage, " ".join(cmd))
     try:
-        rc = subprocess.run(cmd, env=env, cwd=os.getcwd(), check=False).returncode
+        rc = run_launcher(cmd, env)
     finally:
         remove_shm_buffers(port)
     if rc != 0 or not (out / RESULT_FILE).exists():
