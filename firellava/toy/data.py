@@ -73,19 +73,7 @@ VQA_GENERATORS = (
     lang.exists_qa,
     lang.exists_bound_qa,
 )
-# GQA's verify questions as well ("Is the circle red?", "Is the circle to the left of the square?"): without any
-# yes/no question about a colour, a count or a position, the finetuned model answered MME's with a colour or a
-# side instead of yes or no (docs/experiments.md section 30).
-GQA_GENERATORS = (
-    lang.relation_qa,
-    lang.relative_shape_qa,
-    lang.both_qa,
-    lang.colour_qa,
-    lang.exists_qa,
-    lang.colour_check_qa,
-    lang.count_check_qa,
-    lang.relation_check_qa,
-)
+GQA_GENERATORS = (lang.relation_qa, lang.relative_shape_qa, lang.both_qa, lang.colour_qa, lang.exists_qa)
 OCR_GENERATORS = (lang.ocr_title_qa, lang.ocr_title_check_qa, lang.count_qa)
 REGION_GENERATORS = (lang.region_description_qa, lang.region_box_qa)
 # Names of the official files, so loaders written against the real datasets open the toy ones unchanged.

@@ -328,54 +328,6 @@ def exists_bound_qa(scene: Scene, rng: random.Random) -> QA | None:
     return _exists_question(colour, kind, rng), answer
 
 
-def colour_check_qa(scene: Scene, rng: random.Random) -> QA | None:
-    """Verify a colour ("Is the circle red?"), yes and no in equal measure; the no names another colour, one of
-    the scene's where there is one. None where no kind is alone in the scene."""
-    targets = _only_of_their_kind(scene)
-    if not targets:
-        return None
-    s = rng.choice(targets)
-    if rng.random() < 0.5:
-        colour, answer = s.colour, "yes"
-    else:
-        others = sorted({o.colour for o in scene.shapes} - {s.colour}) or [
-            c for c in COLOURS if c != s.colour
-        ]
-        colour, answer = rng.choice(others), "no"
-    q = rng.choice(["Is the {k} {c}?", "Is the color of the {k} {c}?", "Is the {k} colored {c}?"])
-    return q.format(k=s.kind, c=colour), answer
-
-
-def count_check_qa(scene: Scene, rng: random.Random) -> QA:
-    """Verify the whole scene's count ("Are there 3 shapes?"); the no is off by one."""
-    n = len(scene.shapes)
-    asked = n if rng.random() < 0.5 else rng.choice([m for m in (n - 1, n + 1) if m > 0])
-    q = rng.choice(
-        [
-            "Are there {m} shapes in the image?",
-            "Are there exactly {m} shapes?",
-            "Is the number of shapes {m}?",
-        ]
-    )
-    return q.format(m=asked), "yes" if asked == n else "no"
-
-
-def relation_check_qa(scene: Scene, rng: random.Random) -> QA | None:
-    """Verify how two shapes lie ("Is the circle to the left of the square?"), asked along an axis where they
-    are apart; the no names the opposite side."""
-    named = [(s, n) for s in scene.shapes if (n := the_kind(scene, s)) is not None]
-    if len(named) < 2:
-        return None
-    (sa, na), (sb, nb) = rng.sample(named, 2)
-    dx, dy = gaps(sa.box, sb.box)
-    if dx and (not dy or rng.random() < 0.5):
-        sides = ("to the left of", "to the right of") if dx > 0 else ("to the right of", "to the left of")
-    else:
-        sides = ("above", "below") if dy > 0 else ("below", "above")
-    answer = "yes" if rng.random() < 0.5 else "no"
-    return f"Is the {na} {sides[answer == 'no']} the {nb}?", answer
-
-
 def text_qa(scene: Scene, rng: random.Random) -> QA | None:
     """Read the word; answers are lowercase like TextVQA's normalized answers."""
     if scene.word is None:
