@@ -1,6 +1,7 @@
 """Both stages for real: 2 CPU processes through the `deepspeed` launcher (ZeRO-2, then ZeRO-3), on the small
 session toy world. After each stage exactly the intended parameters changed; the finetuned directory loads with
-plain transformers and generates; a finished stage is not silently redone."""
+plain transformers and generates; a finished stage is not silently redone; a stopped run leaves no process
+behind."""
 
 from __future__ import annotations
 
