@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -143,8 +142,7 @@ def test_finetune_stage_refuses_before_any_process_starts(tmp_path, monkeypatch)
     write_json(mix / "manifest.json", manifest_with_terms({"firellava_generated": 5}))
     started = []
     monkeypatch.setattr(
-        "firellava.train.launch.subprocess.run",
-        lambda *a, **k: started.append(a) or subprocess.CompletedProcess(a, 0),
+        "firellava.train.launch.run_launcher", lambda cmd, env, *a, **k: started.append(cmd) or 0
     )
     with pytest.raises(PermissionError, match="train.allow_terms_override=true"):
         launch(build(cfg.train), build(cfg.model), build(cfg.deepspeed), "finetune")
