@@ -236,6 +236,38 @@ def test_modality_sampler_single_modality_batches_balanced_across_ranks():
     assert Counter(lengths[i] > 0 for i in order) == Counter(x > 0 for x in lengths)
 
 
+def test_padding_free_rows_take_random_global_batches_dealt_evenly_to_ranks():
+    import dataclasses
+
+    from firellava.config import build
+    from firellava.train.stage import sampler_lengths
+    from tests.conftest import compose_config
+
+    spec = build(compose_config("experiment=demo").train).finetune
+    lengths = [100 + (i * 37) % 200 for i in range(40)] + [-(50 + i) for i in range(8)]
+    assert sampler_lengths(spec, lengths) == [abs(x) for x in lengths]  # one modality: no grouping by it
+    padded = dataclasses.replace(spec, padding_free=False)
+    assert sampler_lengths(padded, lengths) is None  # the Trainer's own shuffle
+    grouped = dataclasses.replace(padded, group_by_modality_length=True)
+    assert sampler_lengths(grouped, lengths) == lengths
+    packed = dataclasses.replace(grouped, packing=True)
+    assert sampler_lengths(packed, lengths) is None  # the packs' own seeded shuffle
+
+    batch, world = 4, 2
+    mega = batch * world
+    order = modality_length_grouped_indices(
+        [abs(x) for x in lengths], batch, world, torch.Generator().manual_seed(0)
+    )
+    shuffle = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist()
+    for k in range(0, len(lengths), mega):
+        step = order[k : k + mega]
+        assert sorted(step) == sorted(
+            shuffle[k : k + mega]
+        )  # the global batch of a plain shuffle, text or not
+        sums = [sum(abs(lengths[i]) for i in r) for r in (step[:batch], step[batch:])]
+        assert max(sums) - min(sums) <= max(abs(lengths[i]) for i in step)
+
+
 def test_batch_plan_and_local_rank(monkeypatch):
     # consume_local_rank sets LOCAL_RANK for the worker; in this process it would make later Trainers distributed
     monkeypatch.setenv("LOCAL_RANK", "")  # recorded, so that teardown removes what the calls below set

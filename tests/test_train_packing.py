@@ -18,12 +18,14 @@ from firellava.train.export import set_use_cache
 from firellava.train.packing import (
     PackedDataset,
     PackingCollator,
+    PaddingFreeCollator,
     pack_indices,
     packed_row,
     split_to_multiple,
 )
 from firellava.train.sampler import SeededShuffleSampler
 from firellava.train.spec import packs_per_device
+from firellava.train.varlen_attention import SDPA_VARLEN, sample_bounds, use_varlen_attention
 
 
 def test_packs_respect_token_and_image_budgets_and_hold_every_sample_once():
@@ -193,6 +195,50 @@ def test_packed_loss_and_gradients_equal_the_padded_batch(tiny_llava, toy_items,
         torch.testing.assert_close(grads_pack[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_per_sample_attention_gives_the_padded_batch_loss_and_gradients(tiny_llava, toy_items):
+    """What the training stage runs on padding-free rows without flash-attn (`varlen_attention`)."""
+    model, processor = tiny_llava
+    _, items = toy_items
+    config = model.config
+    size = config.vision_config.image_size
+    image = {
+        "image_token_id": config.image_token_id,
+        "image_seq_length": config.image_seq_length,
+        "image_shape": (3, size, size),
+    }
+    padded = Collator(pad_token_id=processor.tokenizer.pad_token_id, **image)(items)
+    row = PaddingFreeCollator(**image)(items)
+    assert row["input_ids"].shape[1] == int(padded["attention_mask"].sum())
+    assert len(sample_bounds(row["position_ids"])) == len(items)
+    before = model.get_decoder().config._attn_implementation
+    model.train()
+    set_use_cache(model, False)
+    try:
+        loss_pad, grads_pad = loss_and_grads(model, padded)  # sdpa on the padded batch
+        use_varlen_attention(model)
+        assert model.model.language_model.config._attn_implementation == SDPA_VARLEN
+        assert model.model.vision_tower.config._attn_implementation == "sdpa"  # the tower is not a row
+        loss_row, grads_row = loss_and_grads(model, row)
+        with pytest.raises(ValueError, match="padding mask"):
+            loss_and_grads(model, padded)  # a padded batch needs its mask, which this attention refuses
+    finally:
+        model.get_decoder().set_attn_implementation(before)
+        set_use_cache(model, True)
+        model.eval()
+    torch.testing.assert_close(loss_row, loss_pad, rtol=1e-5, atol=1e-6)
+    assert set(grads_row) == set(grads_pad)
+    for name, grad in grads_pad.items():
+        torch.testing.assert_close(grads_row[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_sample_bounds_come_from_restarting_positions():
+    assert sample_bounds(torch.tensor([[0, 1, 2, 0, 1, 0]])) == [(0, 3), (3, 5), (5, 6)]
+    with pytest.raises(ValueError, match="one row"):
+        sample_bounds(torch.tensor([[0, 1], [0, 1]]))
+    with pytest.raises(ValueError, match="position 0"):
+        sample_bounds(torch.tensor([[3, 4, 0]]))
+
+
 def test_packed_dataset_serves_its_packs(toy_items):
     ds, _ = toy_items
     packed = PackedDataset(ds, ds.lengths, max(abs(x) for x in ds.lengths), 2)
@@ -219,10 +265,13 @@ def test_finetuning_packs_by_default_and_pretraining_pads():
     assert not off.finetune.packing and off.finetune.group_by_modality_length  # LLaVA's batches
 
 
-def test_the_cpu_demo_finetunes_on_random_padded_batches():
-    """Packing saves no CPU time at toy sizes, and batches of like length slowed the toy LLM's learning."""
+def test_the_cpu_demo_trains_on_random_batches_in_padding_free_rows():
+    """Batches of like length slowed the toy LLM's learning: the demo's are random, each in one row."""
     from firellava.config import build
     from tests.conftest import compose_config
 
-    finetune = build(compose_config("experiment=demo").train).finetune
-    assert not finetune.packing and not finetune.group_by_modality_length
+    train = build(compose_config("experiment=demo").train)
+    for stage in (train.pretrain, train.finetune):
+        assert stage.padding_free and not stage.packing and not stage.group_by_modality_length
+    with pytest.raises(Exception, match="set one of packing, padding_free"):  # through Hydra's instantiate
+        build(compose_config("experiment=demo", "train.finetune.packing=true").train)

@@ -49,7 +49,8 @@ def tiny_overrides(world: dict, out: Path, *extra: str) -> list[str]:
         "train.pretrain.epochs=1",
         "train.finetune.global_batch_size=8",
         "train.finetune.per_device_batch_size=2",  # accumulation 2
-        "train.finetune.packing=true",  # production's default (the CPU demo pads)
+        "train.finetune.packing=true",  # production's default (the CPU demo's rows are padding-free unpacked)
+        "train.finetune.padding_free=false",
         "train.finetune.pack_images=2",  # about 2 samples a pack, 1 pack a micro-batch
         "train.finetune.epochs=1",
         *extra,
@@ -160,6 +161,8 @@ def test_pretrain_zero2_trains_only_the_projector(stages, toy_world):
     assert pre["steps"] == 3 and pre["batch"]["world_size"] == 2  # 12 records / global batch 4
     result = json.loads((out / RESULT_FILE).read_text())
     assert result["zero_stage"] == 2
+    # The demo's padding-free rows: sdpa per sample in the language model.
+    assert result["runtime"]["attn_implementation"] == "sdpa_varlen"
     changed = result["changed_tensors"]
     assert changed["projector"] == [4, 4]
     assert changed["llm"][0] == 0 and changed["vision_tower"][0] == 0
@@ -174,6 +177,7 @@ def test_finetune_zero3_trains_llm_and_projector_vision_bit_identical(stages, to
     out = Path(fine["dir"])
     result = json.loads((out / RESULT_FILE).read_text())
     assert result["zero_stage"] == 3 and result["batch"]["accumulation"] == 2
+    assert result["runtime"]["attn_implementation"] == "sdpa_varlen"  # packed rows, no flash-attn on CPU
     packing = result["packing"]  # on by default for finetuning
     assert packing["samples"] == result["data"]["kept"] and 1.5 < packing["samples_per_pack"] <= 3
     # 2 ranks x accumulation 2 packs a step; the packs were split to whole steps

@@ -6,8 +6,9 @@ serves one pack per index, so the Trainer's seeded sampler shuffles packs and re
 it skips padded batches. `PackingCollator` concatenates the packs of a micro-batch into ONE row with no padding:
 positions restart at 0 for every sample and there is no attention mask. From those position ids transformers
 derives the sample boundaries itself: flash_attention_2 runs variable-length attention over the cumulative
-sequence lengths (it detects packing only in a batch of one row, hence one row), and sdpa/eager (CPU) build a
-block-diagonal causal 4D mask. The first label of every sample is ignored, so the last token of one sample never
+sequence lengths (it detects packing only in a batch of one row, hence one row); without flash-attn the stage
+runs `varlen_attention`, sdpa on each sample's slice (sdpa or eager on the whole row would need a block-diagonal
+mask and compute the whole square). `PaddingFreeCollator` makes the same row of the samples of a padded batch. The first label of every sample is ignored, so the last token of one sample never
 learns to predict the first token of the next.
 """
 
@@ -175,13 +176,20 @@ def packed_row(
 
 
 @dataclass(frozen=True)
-class PackingCollator:
-    """A micro-batch of packs (lists of encoded samples) as one padding-free row."""
+class PaddingFreeCollator:
+    """A micro-batch of encoded samples as one padding-free row (`train.<stage>.padding_free`): the samples a
+    padded batch would hold, without its padding."""
 
     image_token_id: int
     image_seq_length: int
     image_shape: tuple[int, int, int]
 
-    def __call__(self, packs: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, torch.Tensor]:
-        samples = [s for pack in packs for s in pack]
+    def __call__(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         return packed_row(samples, self.image_token_id, self.image_seq_length, self.image_shape)
+
+
+class PackingCollator(PaddingFreeCollator):
+    """A micro-batch of packs (lists of encoded samples) as one padding-free row."""
+
+    def __call__(self, packs: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return super().__call__([s for pack in packs for s in pack])

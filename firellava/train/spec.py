@@ -43,6 +43,10 @@ class StageSpec:
     packing: bool = False
     pack_length: int | None = None  # tokens one pack holds (samples are cut to max_length); None: max_length
     pack_images: int | None = None  # images one pack may hold besides its tokens; None: no limit
+    # Each micro-batch's samples in one row without padding (what `packing` does to its packs), from random
+    # global batches dealt to the ranks by length so that each computes about as many tokens. The samples and
+    # the loss are a padded batch's; the padding's compute is gone, and the ranks wait less for each other.
+    padding_free: bool = False
     projector: str | None = None  # finetune: the pretrained projector weights to start from
     system: str | None = None  # vicuna_v1 system prompt; None = LLaVA's default
     save_steps: int = 50000
@@ -64,6 +68,8 @@ class StageSpec:
             raise ValueError(
                 f"pack_length={self.pack_length} is below max_length={self.max_length}: a sample must fit"
             )
+        if self.packing and self.padding_free:
+            raise ValueError("packing already makes padding-free rows; set one of packing, padding_free")
         if self.pack_images is not None and self.pack_images < 1:
             raise ValueError(f"pack_images={self.pack_images}; a pack must hold at least one image (or null)")
 

@@ -31,9 +31,10 @@ from firellava.train.export import (
     write_outputs,
 )
 from firellava.train.loss import predicts_a_label, supervised_cross_entropy
-from firellava.train.packing import PackedDataset, PackingCollator
+from firellava.train.packing import PackedDataset, PackingCollator, PaddingFreeCollator
 from firellava.train.sampler import ModalityLengthGroupedSampler, SeededShuffleSampler
 from firellava.train.spec import PARAM_GROUPS, BatchPlan, StageSpec, batch_plan, packs_per_device
+from firellava.train.varlen_attention import use_varlen_attention
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
@@ -204,6 +205,22 @@ def training_arguments(
     )
 
 
+def sampler_lengths(spec: StageSpec, lengths: list[int]) -> list[int] | None:
+    """The lengths LLaVA's grouped sampler deals each global batch by, or None for the Trainer's own shuffle.
+
+    Packs need no grouping: best-fit made their lengths even already. Padding-free rows take the sampler with
+    one modality: random global batches, each dealt to the ranks by length. Padded, the slowest rank pads to the
+    batch's longest sample however the batch is dealt; without padding, each rank computes its own tokens.
+    """
+    if spec.packing:
+        return None
+    if spec.group_by_modality_length:
+        return lengths
+    if spec.padding_free:
+        return [abs(x) for x in lengths]
+    return None
+
+
 def train_stage(
     stage: str,
     spec: StageSpec,
@@ -235,6 +252,8 @@ def train_stage(
     )
     if cuda and spec.flash_attention:
         model.set_attn_implementation("flash_attention_2")
+    elif spec.packing or spec.padding_free:
+        use_varlen_attention(model)
     if spec.projector:
         load_projector(model, spec.projector)
     counts = set_trainable(model, spec.trainable)
@@ -285,6 +304,8 @@ def train_stage(
         collator = PackingCollator(**image)
         if rank == 0:
             log.info("packing: %s", packing)
+    elif spec.padding_free:
+        collator = PaddingFreeCollator(**image)
     else:
         collator = Collator(pad_token_id=processor.tokenizer.pad_token_id, **image)
     checkpoints = out / CHECKPOINTS
@@ -296,8 +317,7 @@ def train_stage(
         train_dataset=train_data,
         data_collator=collator,
         callbacks=[start_step, ProgressLines(stage)],
-        # Packs need no length grouping: best-fit made their lengths even already.
-        modality_lengths=dataset.lengths if spec.group_by_modality_length and not spec.packing else None,
+        modality_lengths=sampler_lengths(spec, dataset.lengths),
         packed=spec.packing,
         supervised_head=spec.supervised_head,
     )
@@ -334,7 +354,7 @@ def train_stage(
             "bf16": args.bf16,
             "tf32": bool(args.tf32),
             "gradient_checkpointing": model.is_gradient_checkpointing,
-            "attn_implementation": model.config._attn_implementation,
+            "attn_implementation": model.get_decoder().config._attn_implementation,  # the language model's
         },
         "batch": dataclasses.asdict(plan),
         "data": dataset.report.as_dict(),
