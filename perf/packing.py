@@ -9,8 +9,10 @@ real files. It prints, side by side:
    2048): padded in random order, padded in LLaVA's modality-length grouped order, and packed into packs of
    2048 and of --pack-length tokens (their fill: what a fixed-shape row of that length would carry for real; the
    padding-free row the collator builds carries no padding at all);
-2. CPU training samples/s of a small random-weight LLaVA (576 image tokens) on the same records in the three ways
-   (a subset: --samples);
+2. CPU training samples/s of a small random-weight LLaVA (576 image tokens) on the same records (a subset:
+   --samples): padded in the two orders, the random order's batches as padding-free rows (`padding_free`), and
+   packed; the rows with sdpa per sample as the training stage runs them (`sdpa_varlen`), the packs also with
+   sdpa on the whole row's block-diagonal mask (what transformers does without it);
 3. the real tokens of one epoch of the production 588K-style mix (665K less LLaVA-Instruct and ShareGPT, plus the
    generated instructions) and the projected 8xA100 wall time of finetuning 13B at 40% and 50% MFU:
    6 x trainable params x tokens, plus the frozen vision tower's forward (2 x its params x its tokens per image).
@@ -34,9 +36,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from firellava.train.data import Collator  # noqa: E402
-from firellava.train.packing import PackingCollator, pack_indices  # noqa: E402
+from firellava.train.packing import PackingCollator, PaddingFreeCollator, pack_indices  # noqa: E402
 from firellava.train.sampler import modality_length_grouped_indices  # noqa: E402
 from firellava.train.spec import packs_per_device  # noqa: E402
+from firellava.train.varlen_attention import SDPA_VARLEN  # noqa: E402
 
 IMAGE_TOKENS = 576  # CLIP ViT-L/14 at 336 px
 MAX_LENGTH = 2048
@@ -141,7 +144,8 @@ def items_for(lengths: list[int], vocab: int, image_token: int, rng: random.Rand
     return items
 
 
-def train_rate(model, batches: list[dict], samples: int) -> float:
+def train_rate(model, batches: list[dict], samples: int, attention: str) -> float:
+    model.get_decoder().set_attn_implementation(attention)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train()
     model(**batches[0], use_cache=False).loss.backward()  # warm-up, not timed
@@ -160,18 +164,29 @@ def cpu_rates(lengths: list[int], batch: int, seed: int, pack_length: int) -> di
     items = items_for(lengths, vocab, image_token, random.Random(seed))
     image = {"image_token_id": image_token, "image_seq_length": IMAGE_TOKENS, "image_shape": (3, 336, 336)}
     padder = Collator(pad_token_id=0, **image)
-    ways = {}
+    ways = {}  # name: (micro-batches, the language model's attention)
     for name, order in orders(lengths, batch, 1, seed).items():
-        ways[name] = [padder([items[i] for i in order[k : k + batch]]) for k in range(0, len(order), batch)]
+        ways[name] = (
+            [padder([items[i] for i in order[k : k + batch]]) for k in range(0, len(order), batch)],
+            "sdpa",
+        )
+    flat, order = PaddingFreeCollator(**image), orders(lengths, batch, 1, seed)["padded"]
+    ways["padding-free"] = (
+        [flat([items[i] for i in order[k : k + batch]]) for k in range(0, len(order), batch)],
+        SDPA_VARLEN,
+    )
     tokens = [abs(x) for x in lengths]
     packs = pack_indices(tokens, [int(x > 0) for x in lengths], pack_length, None)
     per = packs_per_device(batch, len(lengths) / len(packs))
     packer = PackingCollator(**image)
-    ways[f"packed {pack_length}"] = [
-        packer([[items[i] for i in p] for p in packs[k : k + per]]) for k in range(0, len(packs), per)
-    ]
+    rows = [packer([[items[i] for i in p] for p in packs[k : k + per]]) for k in range(0, len(packs), per)]
+    ways[f"packed {pack_length}"] = (rows, SDPA_VARLEN)
+    ways[f"packed {pack_length}, mask"] = (rows, "sdpa")
     model = small_llava(vocab, image_token)
-    return {name: (train_rate(model, batches, len(lengths)), len(batches)) for name, batches in ways.items()}
+    return {
+        name: (train_rate(model, batches, len(lengths), attention), len(batches))
+        for name, (batches, attention) in ways.items()
+    }
 
 
 def projection(lengths: list[int]) -> dict[str, float]:
@@ -207,10 +222,12 @@ def main() -> None:
     print(f"\nCPU training, small random-weight LLaVA, the same {len(subset)} records each way")
     rates = cpu_rates(subset, args.batch, args.seed, args.pack_length)
     sub = fractions(subset, args.batch, 1, args.seed, args.pack_length)
+    sub["padding-free"] = 1.0
+    sub[f"packed {args.pack_length}, mask"] = sub[f"packed {args.pack_length}"]
     base = rates["padded"][0]
     for name, (rate, steps) in rates.items():
         print(
-            f"  {name:15s} {rate:7.2f} samples/s  ({rate / base:.2f}x)  {steps:3d} micro-batches  "
+            f"  {name:21s} {rate:7.2f} samples/s  ({rate / base:.2f}x)  {steps:3d} micro-batches  "
             f"real-token fraction {sub[name]:.3f}"
         )
 
