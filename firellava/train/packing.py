@@ -8,8 +8,9 @@ positions restart at 0 for every sample and there is no attention mask. From tho
 derives the sample boundaries itself: flash_attention_2 runs variable-length attention over the cumulative
 sequence lengths (it detects packing only in a batch of one row, hence one row); without flash-attn the stage
 runs `varlen_attention`, sdpa on each sample's slice (sdpa or eager on the whole row would need a block-diagonal
-mask and compute the whole square). `PaddingFreeCollator` makes the same row of the samples of a padded batch. The first label of every sample is ignored, so the last token of one sample never
-learns to predict the first token of the next.
+mask and compute the whole square). `PaddingFreeCollator` makes the same row of the samples of a padded batch.
+The first label of every sample is ignored, so the last token of one sample never learns to predict the first
+token of the next.
 """
 
 from __future__ import annotations
