@@ -13,7 +13,7 @@ from transformers.modeling_flash_attention_utils import (
 )
 
 from firellava.core.chat_format import IGNORE_INDEX
-from firellava.train.data import Collator, EncodingSpec, LlavaDataset
+from firellava.train.data import Collator, EncodingSpec, LlavaDataset, image_fields
 from firellava.train.export import set_use_cache
 from firellava.train.packing import (
     PackedDataset,
@@ -161,12 +161,7 @@ def test_packed_loss_and_gradients_equal_the_padded_batch(tiny_llava, toy_items,
     model, processor = tiny_llava
     _, items = toy_items
     config = model.config
-    size = config.vision_config.image_size
-    image = {
-        "image_token_id": config.image_token_id,
-        "image_seq_length": config.image_seq_length,
-        "image_shape": (3, size, size),
-    }
+    image = image_fields(config)
     padded = Collator(pad_token_id=processor.tokenizer.pad_token_id, **image)(items)
     packed = PackingCollator(**image)([items[:3], items[3:]])
     assert packed["input_ids"].shape[1] == int(padded["attention_mask"].sum())  # not one padding token
@@ -200,12 +195,7 @@ def test_per_sample_attention_gives_the_padded_batch_loss_and_gradients(tiny_lla
     model, processor = tiny_llava
     _, items = toy_items
     config = model.config
-    size = config.vision_config.image_size
-    image = {
-        "image_token_id": config.image_token_id,
-        "image_seq_length": config.image_seq_length,
-        "image_shape": (3, size, size),
-    }
+    image = image_fields(config)
     padded = Collator(pad_token_id=processor.tokenizer.pad_token_id, **image)(items)
     row = PaddingFreeCollator(**image)(items)
     assert row["input_ids"].shape[1] == int(padded["attention_mask"].sum())

@@ -240,6 +240,17 @@ def _header_error(path: Path) -> str | None:
         return f"cannot read {path}: {e}"
 
 
+def image_fields(config: Any) -> dict[str, Any]:
+    """What the collators take from a LLaVA config: the image token, its copies per image, and the shape of the
+    zero image a micro-batch without one gets."""
+    size = config.vision_config.image_size
+    return {
+        "image_token_id": config.image_token_id,
+        "image_seq_length": config.image_seq_length,
+        "image_shape": (3, size, size),
+    }
+
+
 @dataclass(frozen=True)
 class Collator:
     """Right-pads input_ids with the pad id and labels with -100; stacks the pixel values present, in order.

@@ -18,7 +18,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from firellava.core.model_builder import ModelSpec, build_llava
 from firellava.core.progress import Progress
-from firellava.train.data import Collator, EncodingSpec, LlavaDataset
+from firellava.train.data import Collator, EncodingSpec, LlavaDataset, image_fields
 from firellava.train.export import (
     RESULT_FILE,
     TRAINER_STATE,
@@ -280,12 +280,7 @@ def train_stage(
         encoding,
         image_aspect_ratio=spec.image_aspect_ratio,
     )
-    size = config.vision_config.image_size
-    image = {
-        "image_token_id": config.image_token_id,
-        "image_seq_length": config.image_seq_length,
-        "image_shape": (3, size, size),
-    }
+    image = image_fields(config)
     train_data, packing, per_device_items = dataset, None, None
     if spec.packing:
         train_data = PackedDataset(
