@@ -7,11 +7,13 @@ import torch
 from firellava.toy.scenes import COLOURS, SHAPES, Scene, Shape
 from firellava.toy.tiny_models import build_vision_tower
 from firellava.toy.vision_pretrain import (
+    FEATURE_LAYER,
     NONE,
     VisionPretrainSpec,
     centre_labels,
     pretrain_vision_tower,
     scene_labels,
+    up_to_feature_layer,
 )
 from tests.conftest import toy_world_spec
 
@@ -57,3 +59,14 @@ def test_pretraining_teaches_the_tower_to_count_and_changes_it():
     assert probe["count"] > 0.6, probe
     assert not tower.training
     assert any(not torch.equal(before[k], v) for k, v in tower.state_dict().items())
+
+
+def test_the_tower_cut_at_the_feature_layer_gives_the_features_llava_reads_and_is_whole_again_after():
+    tower, _ = build_vision_tower(toy_world_spec().vision, seed=1)
+    pixels = torch.randn(2, 3, tower.config.image_size, tower.config.image_size)
+    whole = tower(pixels, output_hidden_states=True).hidden_states[FEATURE_LAYER]
+    layers = len(tower.encoder.layers)
+    with up_to_feature_layer(tower):
+        assert len(tower.encoder.layers) == layers + 1 + FEATURE_LAYER < layers
+        assert torch.equal(tower(pixels).last_hidden_state, whole)
+    assert len(tower.encoder.layers) == layers

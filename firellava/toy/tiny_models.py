@@ -72,6 +72,8 @@ class LlmSizes:
     # Width of one attention head; None: hidden / heads. Llama allows heads x head_dim != hidden, which buys more
     # heads of a size vLLM's CPU attention runs (32 and up) without widening the whole model.
     head_dim: int | None = None
+    # Key/value heads, each shared by heads / kv_heads query heads (grouped-query attention); None: one per head.
+    kv_heads: int | None = None
 
 
 def _training_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
@@ -187,7 +189,7 @@ def build_llm(sizes: LlmSizes, tokenizer: LlamaTokenizer, seed: int) -> LlamaFor
         intermediate_size=sizes.intermediate,
         num_hidden_layers=sizes.layers,
         num_attention_heads=sizes.heads,
-        num_key_value_heads=sizes.heads,
+        num_key_value_heads=sizes.kv_heads or sizes.heads,
         head_dim=sizes.head_dim or sizes.hidden // sizes.heads,
         max_position_embeddings=sizes.max_position_embeddings,
         bos_token_id=tokenizer.bos_token_id,

@@ -19,8 +19,10 @@ evaluation, and patches are counted on that padded square.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -93,7 +95,8 @@ class _Heads(nn.Module):
         self.kind = nn.Linear(hidden, 1 + len(SHAPES))
 
     def forward(self, tower: CLIPVisionModel, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        patches = tower(pixels, output_hidden_states=True).hidden_states[FEATURE_LAYER][:, 1:]
+        """The heads on `tower`'s features, the tower cut at `FEATURE_LAYER` (`up_to_feature_layer`)."""
+        patches = tower(pixels).last_hidden_state[:, 1:]
         pooled = patches.mean(dim=1)
         return {
             "pairs": self.pairs(pooled),
@@ -101,6 +104,20 @@ class _Heads(nn.Module):
             "colour": self.colour(patches),
             "kind": self.kind(patches),
         }
+
+
+@contextlib.contextmanager
+def up_to_feature_layer(tower: CLIPVisionModel) -> Iterator[None]:
+    """Within the block the tower runs its layers up to `FEATURE_LAYER` only, so its last hidden state is the
+    features LLaVA reads. No head reads the layers after it: their forward would be work thrown away, and they get
+    no gradient either way. The features and every gradient are the same as the whole tower's."""
+    encoder = tower.encoder
+    layers = encoder.layers
+    encoder.layers = layers[: len(layers) + 1 + FEATURE_LAYER]
+    try:
+        yield
+    finally:
+        encoder.layers = layers
 
 
 def _class_weights(classes: int) -> torch.Tensor:
@@ -169,20 +186,21 @@ def pretrain_vision_tower(tower: CLIPVisionModel, spec: VisionPretrainSpec, seed
     def held_out_probe() -> dict[str, float]:
         return probe(tower.eval(), heads, pixels[held_out], {k: v[held_out] for k, v in labels.items()})
 
-    metrics = held_out_probe()
-    log.info("vision tower before pretraining, held-out %s", metrics)
-    progress = Progress("vision tower pretraining", spec.steps * spec.batch_size, unit="images")
-    for step in range(1, spec.steps + 1):
-        tower.train()
-        batch = torch.randint(0, spec.scenes, (spec.batch_size,), generator=generator)
-        loss = _loss(heads(tower, pixels[batch]), {k: v[batch] for k, v in labels.items()})
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        progress.update(spec.batch_size, extra=f"step {step}/{spec.steps}, loss {loss.item():.3f}")
-        if step % 500 == 0 or step == spec.steps:
-            metrics = held_out_probe()
-            log.info("vision tower step %d/%d: held-out %s", step, spec.steps, metrics)
-    progress.close()
+    with up_to_feature_layer(tower):
+        metrics = held_out_probe()
+        log.info("vision tower before pretraining, held-out %s", metrics)
+        progress = Progress("vision tower pretraining", spec.steps * spec.batch_size, unit="images")
+        for step in range(1, spec.steps + 1):
+            tower.train()
+            batch = torch.randint(0, spec.scenes, (spec.batch_size,), generator=generator)
+            loss = _loss(heads(tower, pixels[batch]), {k: v[batch] for k, v in labels.items()})
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            progress.update(spec.batch_size, extra=f"step {step}/{spec.steps}, loss {loss.item():.3f}")
+            if step % 500 == 0 or step == spec.steps:
+                metrics = held_out_probe()
+                log.info("vision tower step %d/%d: held-out %s", step, spec.steps, metrics)
+        progress.close()
     tower.eval()
     return metrics
