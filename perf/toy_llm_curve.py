@@ -33,13 +33,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
-    lp.PROBE_EVERY = args.probe_every
     # The colour of the kind named, beside another colour: what the pipeline's probes leave out to save time.
     lp.PROBES = {**lp.PROBES, "colour_bound": lang.colour_bound_qa}
     spec = demo_toy_world("toy_world.coco_images=120", "toy_world.pretrain_images=240", *args.overrides)
     tokenizer = world_tokenizer(spec)
     llm = build_llm(spec.llm, tokenizer, spec.seed)
-    pretrain = dataclasses.replace(spec.llm_pretrain, steps=args.steps)
+    pretrain = dataclasses.replace(spec.llm_pretrain, steps=args.steps, probe_every=args.probe_every)
     start = time.perf_counter()
     final = lp.pretrain_llm(llm, tokenizer, pretrain, spec.seed, spec.vision.grid)
     print(f"final held-out {final} after {args.steps} steps, {time.perf_counter() - start:.0f} s wall")

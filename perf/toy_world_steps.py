@@ -6,7 +6,7 @@ micro-batch per template; the stage's step, which runs micro-batches of one temp
 the positions their examples share once and the LM head on supervised positions only; at 2 threads also the
 stage's step split between this process and a helper process of one thread each, as the stage runs it from
 `steps_beside` on; all in rounds of alternating order on the same batches), and one held-out probe
-(the run logs one every `PROBE_EVERY` steps); for the tower, one training step. CPU time (`time.process_time`)
+(the run logs one every `probe_every` steps); for the tower, one training step. CPU time (`time.process_time`)
 is printed beside wall time because the machine may be shared; the ratios are what to compare.
 
     .venv/bin/python perf/toy_world_steps.py [--steps 10] [--rounds 3]
@@ -115,7 +115,7 @@ def main() -> None:
                 )
     wall, cpu = timed(lambda: lp.probe(llm, tokenizer, 0, grid), 1)
     print(
-        f"  one held-out probe: {wall:.2f} s wall, {cpu:.2f} s cpu ({pre.steps // lp.PROBE_EVERY} in a run)"
+        f"  one held-out probe: {wall:.2f} s wall, {cpu:.2f} s cpu ({pre.steps // pre.probe_every} in a run)"
     )
 
     tower, _ = build_vision_tower(spec.vision, spec.seed)

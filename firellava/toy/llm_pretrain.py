@@ -53,9 +53,6 @@ log = logging.getLogger(__name__)
 # Below the vision pretraining's ids and the held-out check's, above every id the toy data uses.
 SCENE_ID_BASE = 700_000_000
 HELD_OUT = 100  # questions per probed kind
-# Steps between held-out probes. A probe costs several training steps, so the run's log keeps a coarse curve;
-# perf/toy_llm_curve.py draws a finer one.
-PROBE_EVERY = 300
 HELD_OUT_ID_OFFSET = 50_000_000  # past any training example's id
 # Weighted towards the questions that need the named object matched against the scene: with fewer existence,
 # colour and shape questions, existence stayed at chance and shape was not bound to the colour named; without
@@ -116,6 +113,9 @@ class LlmPretrainSpec:
     # Processes that compute each batch from step `steps_beside` on (`shared_batches`): with 2, a second process
     # computes half of every batch, and the cores are split between the two.
     processes: int = 1
+    # Steps between held-out probes (and one after the last step). A probe costs several training steps, so the
+    # run's log keeps a coarse curve; perf/toy_llm_curve.py draws a finer one.
+    probe_every: int = 300
 
 
 def word_id(tokenizer: PreTrainedTokenizerFast, word: str) -> int:
@@ -415,7 +415,7 @@ def _train(
             optimizer.step()
             schedule.step()
             progress.update(spec.batch_size, extra=f"step {step}/{spec.steps}, loss {loss:.3f}")
-            if step % PROBE_EVERY == 0 or step == spec.steps:
+            if step % spec.probe_every == 0 or step == spec.steps:
                 metrics = probe(llm, tokenizer, seed, grid)
                 log.info("tiny LLM step %d/%d: held-out %s", step, spec.steps, metrics)
     progress.close()
