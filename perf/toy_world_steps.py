@@ -6,8 +6,10 @@ micro-batch per template; the stage's step, which runs micro-batches of one temp
 the positions their examples share once and the LM head on supervised positions only; at 2 threads also the
 stage's step split between this process and a helper process of one thread each, as the stage runs it from
 `steps_beside` on; all in rounds of alternating order on the same batches), and one held-out probe
-(the run logs one every `probe_every` steps); for the tower, one training step. CPU time (`time.process_time`)
-is printed beside wall time because the machine may be shared; the ratios are what to compare.
+(the run logs one every `probe_every` steps); for the tower, one pretraining step on drawn scenes with 1 thread,
+the whole tower against the tower cut at the feature layer its heads read, alternated. CPU time
+(`time.process_time`) is printed beside wall time because the machine may be shared; the ratios are what to
+compare.
 
     .venv/bin/python perf/toy_world_steps.py [--steps 10] [--rounds 3]
 """
@@ -22,8 +24,11 @@ import time
 import torch
 from toy_setup import demo_toy_world, pretraining_examples, world_tokenizer  # perf/, next to this script
 
+from firellava.core.model_builder import build_image_processor
 from firellava.toy import llm_pretrain as lp
 from firellava.toy import shared_batches
+from firellava.toy import vision_pretrain as vp
+from firellava.toy.scenes import draw_scene, sample_scene
 from firellava.toy.tiny_models import build_llm, build_vision_tower
 
 
@@ -118,24 +123,46 @@ def main() -> None:
         f"  one held-out probe: {wall:.2f} s wall, {cpu:.2f} s cpu ({pre.steps // pre.probe_every} in a run)"
     )
 
+    # The tower's pretraining step on drawn scenes, its heads on the feature layer: the whole tower run (as before)
+    # against the tower cut at that layer (the stage's), alternated on the same batches.
     tower, _ = build_vision_tower(spec.vision, spec.seed)
-    pixels = torch.randn(spec.vision_pretrain.batch_size, 3, spec.vision.image_size, spec.vision.image_size)
-    opt = torch.optim.Adam(tower.parameters())
+    vision = spec.vision_pretrain
+    rng = random.Random(0)
+    scenes = [sample_scene(rng, vp.SCENE_ID_BASE + i) for i in range(vision.batch_size * (args.steps + 1))]
+    processor = build_image_processor(tower.config, image_aspect_ratio="pad")
+    pixels = processor([draw_scene(s) for s in scenes], return_tensors="pt")["pixel_values"]
+    pairs, counts = vp.scene_labels(scenes)
+    colours, kinds = vp.centre_labels(scenes, spec.vision.grid)
+    labels = {"pairs": pairs, "count": counts, "colour": colours, "kind": kinds}
+    heads = vp._Heads(tower.config.hidden_size)
+    opt = torch.optim.Adam([*tower.parameters(), *heads.parameters()])
+    batches = iter([])
 
-    def tower_step() -> None:
-        out = tower(pixel_values=pixels).last_hidden_state
-        loss = out.pow(2).mean()
+    def tower_step(cut: bool) -> None:
+        index = next(batches)
+        if cut:
+            with vp.up_to_feature_layer(tower):
+                out = heads(tower, pixels[index])
+        else:
+            out = heads.read(tower(pixels[index], output_hidden_states=True).hidden_states[vp.FEATURE_LAYER])
+        loss = vp._loss(out, {k: v[index] for k, v in labels.items()})
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
-    tower_step()
-    wall, cpu = timed(tower_step, args.steps)
-    steps = spec.vision_pretrain.steps
-    print(
-        f"tower pretraining: one step of {spec.vision_pretrain.batch_size}: {wall:.3f} s wall, {cpu:.3f} s cpu; "
-        f"{steps} steps: {steps * wall / 60:.1f} min wall"
-    )
+    torch.set_num_threads(1)  # as it trains beside the LLM
+    totals = {False: 0.0, True: 0.0}
+    for r in range(args.rounds):
+        for cut in (False, True) if r % 2 == 0 else (True, False):
+            chunks = torch.arange(len(scenes)).split(vision.batch_size)
+            batches = iter(chunks)
+            tower_step(cut)  # warm-up
+            totals[cut] += timed(lambda cut=cut: tower_step(cut), args.steps)[0] / args.rounds
+    for cut, name in ((False, "the whole tower"), (True, "cut at the feature layer (the stage's)")):
+        print(
+            f"tower pretraining, one step of {vision.batch_size}, 1 thread, {name}: {totals[cut]:.3f} s wall "
+            f"({totals[False] / totals[cut]:.2f}x); {vision.steps} steps: {vision.steps * totals[cut] / 60:.1f} min"
+        )
 
 
 if __name__ == "__main__":

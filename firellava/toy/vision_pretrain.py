@@ -96,7 +96,11 @@ class _Heads(nn.Module):
 
     def forward(self, tower: CLIPVisionModel, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """The heads on `tower`'s features, the tower cut at `FEATURE_LAYER` (`up_to_feature_layer`)."""
-        patches = tower(pixels).last_hidden_state[:, 1:]
+        return self.read(tower(pixels).last_hidden_state)
+
+    def read(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The heads on the feature layer's hidden states (CLS first, then the patches)."""
+        patches = features[:, 1:]
         pooled = patches.mean(dim=1)
         return {
             "pairs": self.pairs(pooled),
