@@ -194,3 +194,17 @@ def test_the_toy_llm_has_heads_vllm_runs(tok):
     config = build_llm(toy_world_spec().llm, tok, seed=0).config
     assert config.head_dim >= 32 and config.num_attention_heads == 8
     assert config.num_attention_heads * config.head_dim > config.hidden_size
+
+
+def test_a_toy_llm_with_fewer_key_value_heads_shares_each_among_its_query_heads(tok):
+    """`kv_heads` (grouped-query attention): key and value projections shrink, queries keep every head, and a
+    step of the loop still runs."""
+    sizes = replace(toy_world_spec().llm, layers=1)
+    full, grouped = (build_llm(replace(sizes, kv_heads=k), tok, seed=0) for k in (None, 2))
+    assert full.config.num_key_value_heads == sizes.heads and grouped.config.num_key_value_heads == 2
+    attention = grouped.model.layers[0].self_attn
+    assert attention.k_proj.out_features == 2 * grouped.config.head_dim
+    assert attention.q_proj.out_features == full.model.layers[0].self_attn.q_proj.out_features
+    batch = _examples(LlmPretrainSpec(steps=1, batch_size=4), tok, seed=1, grid=GRID)
+    assert accumulate_batch(grouped, batch, tok.pad_token_id or 0, micro_batch=4) > 0
+    assert grouped.model.layers[0].self_attn.k_proj.weight.grad is not None
