@@ -69,9 +69,9 @@ def toy_world(tmp_path_factory) -> dict:
         pretrain_images=12,
         per_source=SMALL_PER_SOURCE,
         vocab_size=512,
-        vision_pretrain={
-            "steps": 20
-        },  # the path, not the learning (tests/test_vision_pretrain.py checks that)
+        # The path, not the learning (tests/test_vision_pretrain.py checks that), on few scenes: drawing the
+        # default thousands would cost more than the steps.
+        vision_pretrain={"steps": 20, "scenes": 64},
         # A random LLM: tests use it as a stand-in teacher that must write tokens, and a pretrained one stops at
         # once on prompts it never saw. The pretraining is tested in tests/test_llm_pretrain.py and test_toy_world.
         llm_pretrain={"steps": 0},

@@ -17,6 +17,7 @@ SMALL = [
     "toy_world.pretrain_images=8",
     "toy_world.vocab_size=512",  # enough merges for every colour and kind to be one token
     "toy_world.vision_pretrain.steps=10",
+    "toy_world.vision_pretrain.scenes=64",  # drawing the default thousands would cost more than the steps
     "toy_world.llm_pretrain.steps=5",
     "toy_world.teacher.steps=2",
     "toy_world.teacher.scenes=2",
