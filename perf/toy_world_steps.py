@@ -24,11 +24,10 @@ import time
 import torch
 from toy_setup import demo_toy_world, pretraining_examples, world_tokenizer  # perf/, next to this script
 
-from firellava.core.model_builder import build_image_processor
 from firellava.toy import llm_pretrain as lp
 from firellava.toy import shared_batches
 from firellava.toy import vision_pretrain as vp
-from firellava.toy.scenes import draw_scene, sample_scene
+from firellava.toy.scenes import sample_scene
 from firellava.toy.tiny_models import build_llm, build_vision_tower
 
 
@@ -129,17 +128,12 @@ def main() -> None:
     vision = spec.vision_pretrain
     rng = random.Random(0)
     scenes = [sample_scene(rng, vp.SCENE_ID_BASE + i) for i in range(vision.batch_size * (args.steps + 1))]
-    processor = build_image_processor(tower.config, image_aspect_ratio="pad")
-    pixels = processor([draw_scene(s) for s in scenes], return_tensors="pt")["pixel_values"]
-    pairs, counts = vp.scene_labels(scenes)
-    colours, kinds = vp.centre_labels(scenes, spec.vision.grid)
-    labels = {"pairs": pairs, "count": counts, "colour": colours, "kind": kinds}
+    pixels, labels = vp.scene_tensors(tower, scenes)
+    chunks = torch.arange(len(scenes)).split(vision.batch_size)
     heads = vp._Heads(tower.config.hidden_size)
     opt = torch.optim.Adam([*tower.parameters(), *heads.parameters()])
-    batches = iter([])
 
-    def tower_step(cut: bool) -> None:
-        index = next(batches)
+    def tower_step(cut: bool, index: torch.Tensor) -> None:
         if cut:
             with vp.up_to_feature_layer(tower):
                 out = heads(tower, pixels[index])
@@ -154,10 +148,11 @@ def main() -> None:
     totals = {False: 0.0, True: 0.0}
     for r in range(args.rounds):
         for cut in (False, True) if r % 2 == 0 else (True, False):
-            chunks = torch.arange(len(scenes)).split(vision.batch_size)
-            batches = iter(chunks)
-            tower_step(cut)  # warm-up
-            totals[cut] += timed(lambda cut=cut: tower_step(cut), args.steps)[0] / args.rounds
+            tower_step(cut, chunks[-1])  # warm-up
+            queue = iter(chunks)
+            totals[cut] += (
+                timed(lambda cut=cut, q=queue: tower_step(cut, next(q)), args.steps)[0] / args.rounds
+            )
     for cut, name in ((False, "the whole tower"), (True, "cut at the feature layer (the stage's)")):
         print(
             f"tower pretraining, one step of {vision.batch_size}, 1 thread, {name}: {totals[cut]:.3f} s wall "

@@ -86,6 +86,18 @@ def centre_labels(scenes: list[Scene], grid: int) -> tuple[torch.Tensor, torch.T
     return colours, kinds
 
 
+def scene_tensors(
+    tower: CLIPVisionModel, scenes: list[Scene]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(pixels, labels) of the scenes: drawn and processed as finetuning processes images (pad to square), and
+    every target the heads train on (`scene_labels`, `centre_labels` on the tower's patch grid)."""
+    processor = build_image_processor(tower.config, image_aspect_ratio="pad")
+    pixels = processor([draw_scene(s) for s in scenes], return_tensors="pt")["pixel_values"]
+    pairs, counts = scene_labels(scenes)
+    colours, kinds = centre_labels(scenes, tower.config.image_size // tower.config.patch_size)
+    return pixels, {"pairs": pairs, "count": counts, "colour": colours, "kind": kinds}
+
+
 class _Heads(nn.Module):
     def __init__(self, hidden: int) -> None:
         super().__init__()
@@ -175,11 +187,7 @@ def pretrain_vision_tower(tower: CLIPVisionModel, spec: VisionPretrainSpec, seed
         sample_scene(rng, SCENE_ID_BASE + i, with_word=rng.random() < 0.2)
         for i in range(spec.scenes + HELD_OUT)
     ]
-    processor = build_image_processor(tower.config, image_aspect_ratio="pad")
-    pixels = processor([draw_scene(s) for s in scenes], return_tensors="pt")["pixel_values"]
-    pairs, counts = scene_labels(scenes)
-    colours, kinds = centre_labels(scenes, tower.config.image_size // tower.config.patch_size)
-    labels = {"pairs": pairs, "count": counts, "colour": colours, "kind": kinds}
+    pixels, labels = scene_tensors(tower, scenes)
 
     torch.manual_seed(seed)
     heads = _Heads(tower.config.hidden_size)
