@@ -215,7 +215,7 @@ def test_mme_totals_sum_unrounded_subtask_scores(tmp_path):
 # --- LLaVA-Bench: LLaVA's own [-1, -1] arithmetic beside ours ------------------------------------------------------
 
 
-def test_llava_bench_counts_unparsed_reviews(tmp_path):
+def test_llava_bench_counts_unparsed_and_off_scale_reviews(tmp_path):
     from firellava.engines import Generation, SamplingParams
     from firellava.eval.judge import Judge
 
@@ -230,15 +230,17 @@ def test_llava_bench_counts_unparsed_reviews(tmp_path):
 
     questions = [
         Question(str(i), f"q{i}", None, {"category": "conv", "caption": "c", "reference": "r"})
-        for i in range(3)
+        for i in range(4)
     ]
-    answers = {str(i): "a" for i in range(3)}
-    judge = Judge(Replies(["8 6\nok", "8, 9\nok", "10 5"]), SamplingParams(max_tokens=8))
+    answers = {str(i): "a" for i in range(4)}
+    judge = Judge(Replies(["8 6\nok", "8, 9\nok", "10 5", ".01,.9"]), SamplingParams(max_tokens=8))
     out = LLaVABench(tmp_path).score(questions, answers, judge)
     assert out["judge_parse_failures"] == 1  # "8, 9" gives three fields in LLaVA's parse_score
+    # ".01,.9" parses, as in LLaVA, but is off the rule's 1-10 scale: counted and not scored
+    assert out["judge_out_of_scale"] == 1
     assert out["score"] == pytest.approx(100 * (6 + 5) / (8 + 10), abs=0.01)
-    # summarize_gpt_review.py averages the failure's [-1, -1] in
-    assert out["score_llava_script"] == pytest.approx(100 * (6 + 5 - 1) / (8 + 10 - 1), abs=0.01)
+    # summarize_gpt_review.py averages the failure's [-1, -1] and every parsed pair in
+    assert out["score_llava_script"] == pytest.approx(100 * (6 + 5 - 1 + 0.9) / (8 + 10 - 1 + 0.01), abs=0.01)
 
 
 # --- eval.answers_from: LLaVA's released answers, no model ----------------------------------------------------------

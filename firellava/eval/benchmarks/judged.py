@@ -3,7 +3,9 @@
 The judge prompts are the project's own wording of the same instructions the reference judges get; the content
 layout and the score arithmetic follow LLaVA's scripts. The judge runs greedily (LLaVA's GPT-4 judge used
 temperature 0.2), and a review that cannot be parsed is counted and left out of the means (LLaVA would average
-in its [-1, -1] placeholder), so the failure count is part of the result.
+in its [-1, -1] placeholder), so the failure count is part of the result. So is a score pair outside the rule's
+1-10 scale: LLaVA's parse reads ".4,.03" as two numbers, and a near-zero reference mean then turns the relative
+score into a figure of fourteen digits.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ LLAVA_BENCH_RULE = (
     "separated by a space.\nOn the following lines, explain your judgement. Do not let the order in which the "
     "answers were shown influence it."
 )
+SCORE_SCALE = (1.0, 10.0)  # the rule's scale for each assistant's score
 MMVET_SYSTEM = "You grade answers of AI models against a ground truth."
 MMVET_PROMPT = (
     "Compare the model's prediction with the ground truth and give the prediction a correctness score. In the "
@@ -57,7 +60,8 @@ class LLaVABench(Benchmark):
     the reference answer as Assistant 1 and ours as Assistant 2 (LLaVA's `eval_gpt_review_bench.py` layout);
     the score is mean(ours) / mean(reference) * 100 (`summarize_gpt_review.py`), overall and per category. The
     score pair is read as `parse_score` reads it; a review it rejects is counted (`judge_parse_failures`) and
-    left out of `score`, while `score_llava_script` averages its [-1, -1] in as LLaVA's summary does.
+    left out of `score`, as is a pair off the rule's scale (`judge_out_of_scale`), while `score_llava_script`
+    averages every parsed pair and each failure's [-1, -1] in, as LLaVA's summary does.
     lmms-eval's `llava_in_the_wild` parses the pair the same way."""
 
     name, title, metric, published = "llava_bench", "LLaVA-W", "relative score (judge)", 70.7
@@ -98,13 +102,16 @@ class LLaVABench(Benchmark):
         reviews = judge.review(LLAVA_BENCH_SYSTEM, contents)
         pairs: dict[str, list[tuple[float, float]]] = defaultdict(list)
         with_placeholders: list[tuple[float, float]] = []
-        per_sample, failures = {}, 0
+        per_sample, failures, off_scale = {}, 0, 0
         for q, review in zip(questions, reviews):
             pair = parse_score_pair(review)
             per_sample[q.qid] = {"review": review, "scores": pair}
             with_placeholders.append(pair or (-1.0, -1.0))
             if pair is None:
                 failures += 1
+                continue
+            if not all(SCORE_SCALE[0] <= s <= SCORE_SCALE[1] for s in pair):
+                off_scale += 1
                 continue
             pairs[str(q.meta["category"])].append(pair)
             pairs["all"].append(pair)
@@ -118,8 +125,9 @@ class LLaVABench(Benchmark):
             "per_category": {k: relative(v) for k, v in sorted(pairs.items()) if k != "all"},
             "judge": judge.model_name,
             "judge_parse_failures": failures,
+            "judge_out_of_scale": off_scale,
             # `summarize_gpt_review.py` averages the [-1, -1] of every failed parse in; equal to "score" when
-            # every review parsed
+            # every review parsed and kept to the scale
             "score_llava_script": relative(with_placeholders),
             "reviews": per_sample,
         }
