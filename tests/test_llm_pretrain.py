@@ -19,9 +19,11 @@ from firellava.toy.llm_pretrain import (
     _examples,
     accumulate_batch,
     chat_example,
+    held_out_examples,
     micro_batches,
     plain_example,
     pretrain_llm,
+    probe,
     scene_batch,
     scene_positions,
     shared_prefix,
@@ -121,6 +123,23 @@ def test_pretraining_changes_the_llm_and_lowers_its_loss(tok):
         0 <= v <= 1 for v in probe.values()
     )
     assert after < before / 2, (before, after)
+
+
+def test_the_probe_scores_greedy_answers_as_the_whole_padded_chat_gives_them(tok):
+    """The probe runs the held-out chats as the loss does (shared prefix once, LM head on supervised positions);
+    an answer counts exactly when the model's argmax over the whole padded chat gives every supervised token."""
+    llm = build_llm(replace(toy_world_spec().llm, layers=2, heads=4), tok, seed=5)
+    pretrain_llm(llm, tok, LlmPretrainSpec(steps=40, batch_size=8, learning_rate=3e-3), seed=5, grid=GRID)
+    expected = {}
+    with torch.no_grad():
+        for name, examples in held_out_examples(tok, 11, GRID).items():
+            batch = scene_batch(llm, examples, tok.pad_token_id or 0)
+            logits = llm(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits
+            target = batch["labels"][:, 1:]
+            hit = (logits[:, :-1].argmax(-1) == target) | (target == IGNORE_INDEX)
+            expected[name] = round(hit.all(-1).float().mean().item(), 3)
+    assert probe(llm, tok, 11, GRID) == expected
+    assert any(0 < v < 1 for v in expected.values()), expected  # some answers right, some wrong
 
 
 def test_the_llm_leaves_a_core_to_the_training_beside_it_for_its_first_steps_only(tok, monkeypatch):

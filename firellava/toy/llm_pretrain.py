@@ -143,7 +143,8 @@ def scene_positions(
     the kind word plus the colour word at the patch holding a shape's centre, `<unk>` alone elsewhere."""
     colours, kinds = (labels[0].tolist() for labels in centre_labels([scene], grid))
     colour_ids, kind_ids = _scene_word_ids(tokenizer)
-    ids = [tokenizer.unk_token_id if k == NONE else kind_ids[k - 1] for k in kinds]
+    unk = tokenizer.unk_token_id  # read once: each read of a special token's id goes through the tokenizer's lookups
+    ids = [unk if k == NONE else kind_ids[k - 1] for k in kinds]
     added = [NO_WORD if c == NONE else colour_ids[c - 1] for c in colours]
     return ids, added
 
@@ -259,10 +260,11 @@ def shared_prefix(examples: Sequence[SceneExample]) -> int:
     return limit
 
 
-def supervised_loss(
-    llm: LlamaForCausalLM, examples: Sequence[SceneExample], pad_id: int, items: int
-) -> torch.Tensor:
-    """Next-token cross-entropy summed over the examples' supervised positions and divided by `items`.
+def supervised_logits(
+    llm: LlamaForCausalLM, examples: Sequence[SceneExample], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels): the LM head's logits at the positions that predict a supervised token, in row-major
+    order, and the examples' padded labels (`predicts_a_label(labels)` marks those positions).
 
     The LM head runs on those positions only: most are scene, system prompt or question, which the loss ignores.
     The positions all examples share (`shared_prefix`: every chat starts with the same system prompt) run once,
@@ -286,8 +288,16 @@ def supervised_loss(
         cache=cache,
         use_cache=cache is not None,
     ).last_hidden_state
-    keep = predicts_a_label(batch["labels"])
-    return supervised_cross_entropy({"logits": llm.lm_head(hidden[keep])}, batch["labels"], items)
+    return llm.lm_head(hidden[predicts_a_label(batch["labels"])]), batch["labels"]
+
+
+def supervised_loss(
+    llm: LlamaForCausalLM, examples: Sequence[SceneExample], pad_id: int, items: int
+) -> torch.Tensor:
+    """Next-token cross-entropy summed over the examples' supervised positions and divided by `items`
+    (`supervised_logits`)."""
+    logits, labels = supervised_logits(llm, examples, pad_id)
+    return supervised_cross_entropy({"logits": logits}, labels, items)
 
 
 def micro_batches(examples: Sequence[SceneExample], size: int) -> list[list[SceneExample]]:
@@ -328,14 +338,12 @@ def accumulate_batch(
     return total
 
 
-@torch.no_grad()
-def probe(
-    llm: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, seed: int, grid: int
-) -> dict[str, float]:
-    """Held-out exact-match accuracy on one-question chats about fresh scenes, per question kind. An answer counts
-    when every supervised token (the answer and its `</s>`) is the model's top choice: what greedy decoding says."""
+@functools.lru_cache(maxsize=4)
+def held_out_examples(
+    tokenizer: PreTrainedTokenizerFast, seed: int, grid: int
+) -> dict[str, list[SceneExample]]:
+    """`HELD_OUT` one-question chats about fresh scenes per probed kind; the same at every probe of a run."""
     rng = random.Random(f"llm-pretrain/{seed}/held-out")
-    llm.eval()
     out, next_id = {}, SCENE_ID_BASE + HELD_OUT_ID_OFFSET
     for name, make in PROBES.items():
         examples: list[SceneExample] = []
@@ -345,11 +353,25 @@ def probe(
             qa = make(scene, rng)
             if qa is not None:
                 examples.append(chat_example(scene, tokenizer, [qa], grid))
-        batch = scene_batch(llm, examples, tokenizer.pad_token_id or 0)
-        logits = llm(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"]).logits
-        predicted, target = logits[:, :-1].argmax(-1), batch["labels"][:, 1:]
-        supervised = target != IGNORE_INDEX
-        right = ((predicted == target) | ~supervised).all(-1)
+        out[name] = examples
+    return out
+
+
+@torch.no_grad()
+def probe(
+    llm: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, seed: int, grid: int
+) -> dict[str, float]:
+    """Held-out exact-match accuracy on one-question chats about fresh scenes, per question kind
+    (`held_out_examples`). An answer counts when every supervised token (the answer and its `</s>`) is the
+    model's top choice: what greedy decoding says. Computed as the loss is (`supervised_logits`)."""
+    llm.eval()
+    out = {}
+    for name, examples in held_out_examples(tokenizer, seed, grid).items():
+        logits, labels = supervised_logits(llm, examples, tokenizer.pad_token_id or 0)
+        keep = predicts_a_label(labels)
+        hits = torch.zeros_like(labels, dtype=torch.bool)
+        hits[keep] = logits.argmax(-1) == labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+        right = (hits | ~keep).all(-1)
         out[name] = round(right.float().mean().item(), 3)
     return out
 
