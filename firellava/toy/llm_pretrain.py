@@ -143,9 +143,8 @@ def scene_positions(
     the kind word plus the colour word at the patch holding a shape's centre, `<unk>` alone elsewhere."""
     colours, kinds = (labels[0].tolist() for labels in centre_labels([scene], grid))
     colour_ids, kind_ids = _scene_word_ids(tokenizer)
-    unk = (
-        tokenizer.unk_token_id
-    )  # read once: each read of a special token's id goes through the tokenizer's lookups
+    # Read once: each read of a special token's id goes through the tokenizer's lookups.
+    unk = tokenizer.unk_token_id
     ids = [unk if k == NONE else kind_ids[k - 1] for k in kinds]
     added = [NO_WORD if c == NONE else colour_ids[c - 1] for c in colours]
     return ids, added
