@@ -46,7 +46,7 @@ from firellava.toy import language as lang
 from firellava.toy import shared_batches
 from firellava.toy.scenes import COLOURS, SHAPES, Scene, sample_scene
 from firellava.toy.vision_pretrain import NONE, centre_labels
-from firellava.train.loss import predicts_a_label, supervised_cross_entropy
+from firellava.train.loss import predicts_a_label, supervised_cross_entropy, supervised_targets
 
 log = logging.getLogger(__name__)
 
@@ -369,11 +369,9 @@ def probe(
     out = {}
     for name, examples in held_out_examples(tokenizer, seed, grid).items():
         logits, labels = supervised_logits(llm, examples, tokenizer.pad_token_id or 0)
-        keep = predicts_a_label(labels)
-        hits = torch.zeros_like(labels, dtype=torch.bool)
-        hits[keep] = logits.argmax(-1) == labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
-        right = (hits | ~keep).all(-1)
-        out[name] = round(right.float().mean().item(), 3)
+        wrong = torch.zeros_like(labels, dtype=torch.bool)
+        wrong[predicts_a_label(labels)] = logits.argmax(-1) != supervised_targets(labels)
+        out[name] = round((~wrong.any(-1)).float().mean().item(), 3)
     return out
 
 

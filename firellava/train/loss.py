@@ -23,13 +23,18 @@ def predicts_a_label(labels: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+def supervised_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The supervised tokens, in the row-major order of the positions `predicts_a_label(labels)` marks."""
+    return labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+
+
 def supervised_cross_entropy(
     outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
 ) -> torch.Tensor:
     """Cross-entropy of logits computed at `predicts_a_label(labels)` against the labels they predict; the
     Trainer's `compute_loss_func`."""
     logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-    targets = labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+    targets = supervised_targets(labels)
     if logits.shape[0] != targets.shape[0]:
         raise ValueError(
             f"{logits.shape[0]} logits for {targets.shape[0]} supervised tokens: the model was not given "

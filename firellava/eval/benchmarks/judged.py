@@ -3,9 +3,9 @@
 The judge prompts are the project's own wording of the same instructions the reference judges get; the content
 layout and the score arithmetic follow LLaVA's scripts. The judge runs greedily (LLaVA's GPT-4 judge used
 temperature 0.2), and a review that cannot be parsed is counted and left out of the means (LLaVA would average
-in its [-1, -1] placeholder), so the failure count is part of the result. So is a score pair outside the rule's
-1-10 scale: LLaVA's parse reads ".4,.03" as two numbers, and a near-zero reference mean then turns the relative
-score into a figure of fourteen digits.
+in its [-1, -1] placeholder), so the failure count is part of the result. A score pair off the rule's 1-10
+scale is counted and left out the same way: LLaVA's parse reads ".4,.03" as two numbers, and a reference mean
+near zero would turn the relative score into a figure of fourteen digits.
 """
 
 from __future__ import annotations
