@@ -5,7 +5,7 @@ layout and the score arithmetic follow LLaVA's scripts. The judge runs greedily 
 temperature 0.2), and a review that cannot be parsed is counted and left out of the means (LLaVA would average
 in its [-1, -1] placeholder), so the failure count is part of the result. A score pair off the rule's 1-10
 scale is counted and left out the same way: LLaVA's parse reads ".4,.03" as two numbers, and a reference mean
-near zero would turn the relative score into a figure of fourteen digits.
+near zero would blow the relative score up by orders of magnitude.
 """
 
 from __future__ import annotations
