@@ -337,11 +337,11 @@ def test_cli_records_the_stage_in_summary(out):
             "-m",
             "firellava",
             "stages=[mix]",
-            f"paths.output_dir={out}",
+            f"paths.output_dir={out.name}",  # relative, as in `make demo`
             "mix.image_workers=1",
             "mix.decontamination.require_benchmark_files=false",
         ],
-        cwd=REPO,
+        cwd=out.parent,
         capture_output=True,
         text=True,
         timeout=120,
@@ -350,5 +350,7 @@ def test_cli_records_the_stage_in_summary(out):
     entry = read_json(out / "summary.json")["mix"]
     assert entry["total"] == sum(PERMITTED.values()) + GENERATED_PER_FILE * len(TYPES)
     assert set(entry) >= {"dir", "total", "by_source", "excluded", "mix_json", "wall_s", "config_digest"}
+    # Absolute: the notebooks and the next stages read them from other working directories.
+    assert (entry["dir"], entry["mix_json"]) == (str(out / "mix"), str(out / "mix" / "firellava_mix.json"))
     md = (out / "summary.md").read_text()
     assert f"| total | {entry['total']} |" in md and "| by_source.vqav2 |" in md and "| mix |" in md

@@ -16,8 +16,10 @@ from firellava.toy.stage import write_demo_image
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_serve_stage_answers_one_chat_request(tiny_llava, tmp_path, capsys):
+def test_serve_stage_answers_one_chat_request(tiny_llava, tmp_path, capsys, monkeypatch):
     from tests.llava_helpers import save_llava
+
+    monkeypatch.chdir(tmp_path)  # `make demo`'s output dir is relative; the summary's paths must not be
 
     model, processor = tiny_llava
     checkpoint = save_llava(model, processor, tmp_path / "out" / "finetune")
@@ -27,10 +29,10 @@ def test_serve_stage_answers_one_chat_request(tiny_llava, tmp_path, capsys):
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(
             config_name="config",
-            overrides=["experiment=demo", f"paths.output_dir={tmp_path / 'out'}", "serve.demo.max_tokens=6"],
+            overrides=["experiment=demo", "paths.output_dir=out", "serve.demo.max_tokens=6"],
         )
     entry = resolve("serve")(cfg)
-    assert entry["model"] == str(checkpoint)
+    assert entry["model"] == str(checkpoint) and entry["dir"] == str(tmp_path / "out" / "serve")
     assert entry["answer"] and entry["answer"] in capsys.readouterr().out
     assert entry["usage"]["prompt_tokens"] > model.config.image_seq_length
     assert 0 < entry["usage"]["completion_tokens"] <= 6 and entry["latency_s"] > 0

@@ -86,4 +86,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise FileNotFoundError(
             f"serve.model={settings.model}: no checkpoint there (the finetune stage writes it)"
         )
-    return serve_once(settings, settings.demo, Path(build(cfg.paths).serve_dir))
+    # Absolute in the summary, like every stage's paths: its readers run from other working directories.
+    settings = replace(settings, model=str(Path(settings.model).resolve()))
+    return serve_once(settings, settings.demo, Path(build(cfg.paths).serve_dir).resolve())
