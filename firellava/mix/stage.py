@@ -385,7 +385,7 @@ def build_mix(
     _check_sources(spec, registry, generated)
     every = {s.name: s for s in [*registry, generated]}
     permitted = {n: s for n, s in every.items() if s.commercial_use or spec.allow_noncommercial}
-    # Absolute in the summary: the notebooks and later stages read it from another working directory.
+    # Absolute in the summary: the notebooks read it from their own working directory.
     out_dir = Path(inputs.out_dir).resolve()
     with staged_dir(out_dir, overwrite=spec.overwrite, hint=" (mix.overwrite=true)") as tmp:
         pool = _Pool()
