@@ -350,7 +350,7 @@ def test_cli_records_the_stage_in_summary(out):
     entry = read_json(out / "summary.json")["mix"]
     assert entry["total"] == sum(PERMITTED.values()) + GENERATED_PER_FILE * len(TYPES)
     assert set(entry) >= {"dir", "total", "by_source", "excluded", "mix_json", "wall_s", "config_digest"}
-    # Absolute: the notebooks and the next stages read them from other working directories.
+    # Absolute: the notebooks read them from their own working directory.
     assert (entry["dir"], entry["mix_json"]) == (str(out / "mix"), str(out / "mix" / "firellava_mix.json"))
     md = (out / "summary.md").read_text()
     assert f"| total | {entry['total']} |" in md and "| by_source.vqav2 |" in md and "| mix |" in md
